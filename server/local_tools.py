@@ -1,0 +1,71 @@
+"""Publishes the plain functions of ``tools`` as MCP tools.
+
+Each function keeps its own signature (so its schema and its validation are the same
+object); the wrapper only turns a ``ToolInputError`` into an MCP tool error and returns
+the result both as readable text and as structured content.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel
+
+from tools import LOCAL_TOOLS, LocalTool, ToolInputError
+
+
+def to_call_result(result: BaseModel) -> CallToolResult:
+    summary = getattr(result, "summary", None)
+    text = summary() if callable(summary) else result.model_dump_json()
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=result.model_dump(mode="json")
+    )
+
+
+def _wrap(tool: LocalTool) -> Callable[..., CallToolResult]:
+    fn = tool.fn
+    hints = typing.get_type_hints(fn, include_extras=True)
+    output_model = hints["return"]
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(**kwargs: Any) -> CallToolResult:
+        try:
+            result = fn(**kwargs)
+        except ToolInputError as exc:
+            raise ToolError(str(exc)) from exc
+        return to_call_result(result)
+
+    params = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values()]
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=Annotated[CallToolResult, output_model]
+    )
+    return run
+
+
+def annotations_for(tool: LocalTool) -> ToolAnnotations:
+    return ToolAnnotations(
+        title=tool.title,
+        read_only_hint=True,
+        destructive_hint=False,
+        idempotent_hint=tool.idempotent,
+        open_world_hint=False,
+    )
+
+
+def register_local_tools(server: MCPServer[Any]) -> None:
+    for tool in LOCAL_TOOLS:
+        server.add_tool(
+            _wrap(tool),
+            name=tool.name,
+            title=tool.title,
+            description=tool.description,
+            annotations=annotations_for(tool),
+        )

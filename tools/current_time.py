@@ -1,0 +1,73 @@
+"""current_time: the current time in the machine's zone or a named IANA zone."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import tzlocal
+from pydantic import BaseModel, Field
+
+from tools.errors import ToolInputError
+
+NAME = "current_time"
+DESCRIPTION = (
+    "Get the current system time. Optionally pass an IANA time zone name "
+    "(e.g. 'Europe/Paris'); by default the machine's local zone is used."
+)
+
+
+class CurrentTime(BaseModel):
+    """The current time, as ISO-8601 with offset and as Unix time."""
+
+    iso: str = Field(description="ISO-8601 date and time with UTC offset.")
+    timezone: str = Field(description="IANA zone name the time is given in.")
+    abbreviation: str = Field(description="Zone abbreviation in effect, e.g. CET or EDT.")
+    utc_offset: str = Field(description="Offset from UTC as +HH:MM.")
+    unix_time: float = Field(description="Seconds since 1970-01-01T00:00:00Z.")
+    weekday: str = Field(description="Day of the week in English.")
+
+    def summary(self) -> str:
+        return f"{self.iso} ({self.timezone}, {self.abbreviation}, {self.weekday}); Unix time {self.unix_time:.3f}"
+
+
+def _local_zone_name() -> str:
+    try:
+        return tzlocal.get_localzone_name() or "UTC"
+    except Exception:  # tzlocal raises several types on odd setups; UTC is always a safe answer
+        return "UTC"
+
+
+def _zone(name: str) -> ZoneInfo:
+    if name.upper() in {"UTC", "Z", "GMT"}:
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, IsADirectoryError, PermissionError) as exc:
+        raise ToolInputError(
+            f"unknown time zone {name!r}; use an IANA zone name such as 'UTC', "
+            "'Europe/Paris' or 'America/New_York', or omit timezone for the local zone"
+        ) from exc
+
+
+def current_time(
+    timezone: Annotated[
+        str | None,
+        Field(description="IANA time zone name, e.g. 'Asia/Tokyo' (default: the machine's local zone)", max_length=64),
+    ] = None,
+) -> CurrentTime:
+    """Return the current time in ``timezone`` (default: the local zone)."""
+    name = timezone.strip() if timezone and timezone.strip() else _local_zone_name()
+    zone = _zone(name)
+    now = datetime.now(dt_timezone.utc).astimezone(zone)
+    minutes = int((now.utcoffset() or timedelta()).total_seconds() // 60)
+    offset = f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return CurrentTime(
+        iso=now.isoformat(),
+        timezone=str(zone.key),
+        abbreviation=now.tzname() or "",
+        utc_offset=offset,
+        unix_time=round(now.timestamp(), 6),
+        weekday=now.strftime("%A"),
+    )
