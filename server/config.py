@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,9 +46,33 @@ class Settings(BaseSettings):
         min_length=1,
         description="Model used by key4u_respond when the call names none.",
     )
-    log_level: LogLevel = Field(
-        default="INFO", validation_alias=AliasChoices("KEY4U_LOG_LEVEL", "log_level")
+    log_level: LogLevel = Field(default="INFO", validation_alias=AliasChoices("KEY4U_LOG_LEVEL", "log_level"))
+
+    # The Responses client.
+    stream: bool = Field(default=True, validation_alias=AliasChoices("KEY4U_STREAM", "stream"),
+                         description="Ask for SSE streams (true) or plain JSON replies (false).")  # fmt: skip
+    timeout: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("KEY4U_TIMEOUT", "timeout"),
+                           description="Seconds to wait for the gateway's reply (between stream events).")  # fmt: skip
+    max_retries: int = Field(default=2, ge=0, le=10, validation_alias=AliasChoices("KEY4U_MAX_RETRIES", "max_retries"))
+    retry_max_wait: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("KEY4U_RETRY_MAX_WAIT", "retry_max_wait"),
+                                  description="Longest Retry-After honoured; a longer one is reported, not waited.")  # fmt: skip
+
+    # The tool loop.
+    deadline: float = Field(default=50.0, gt=0, validation_alias=AliasChoices("KEY4U_DEADLINE", "deadline"),
+                            description="Seconds before key4u_respond returns in_progress and keeps working.")  # fmt: skip
+    tool_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("KEY4U_TOOL_TIMEOUT", "tool_timeout"))
+    tool_concurrency: int = Field(default=8, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency"))  # fmt: skip
+    max_result_chars: int = Field(default=60_000, ge=1000, validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
+                                  description="Cap on the text key4u_respond returns (hosts cap tool results).")  # fmt: skip
+    conversation_mode: Literal["replay", "previous_response_id"] = Field(
+        default="replay", validation_alias=AliasChoices("KEY4U_CONVERSATION_MODE", "conversation_mode"),
+        description="replay: stateless, store:false, full history each turn. previous_response_id: for gateways "
+        "that pin sessions to one upstream account.",
     )
+    db_path: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
+                                 description="SQLite file for conversations (default: the user state directory).")  # fmt: skip
+    max_conversations: int = Field(default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations"))  # fmt: skip
+    max_age_days: float = Field(default=30, gt=0, validation_alias=AliasChoices("KEY4U_MAX_AGE_DAYS", "max_age_days"))
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -69,6 +94,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def database(self) -> Path:
+        if self.db_path is not None:
+            return self.db_path
+        return Path(platformdirs.user_state_dir("key4u-mcp", appauthor=False)) / "conversations.sqlite3"
 
     @property
     def has_key(self) -> bool:

@@ -1,0 +1,75 @@
+"""A conversation's state: everything needed to send its next request, resume it after a
+restart, and report what happened. Plain data, serialised to JSON by the store."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["completed", "requires_action", "in_progress", "incomplete", "failed"]
+
+
+class UsageTotals(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ToolCallTrace(BaseModel):
+    turn: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | str
+    ok: bool
+    ms: float
+    started_ms: float = Field(description="Start time, in ms since the conversation's request began.")
+    output: str = Field(default="", description="What the model was sent (shortened).")
+    ran_by: Literal["bridge", "caller"] = "bridge"
+
+
+class PendingCall(BaseModel):
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class Options(BaseModel):
+    model: str
+    instructions: str | None = None
+    tools: list[str] | None = None
+    functions: list[dict[str, Any]] = Field(default_factory=list)
+    reasoning_effort: str | None = None
+    web_search: bool = False
+    response_format: dict[str, Any] | None = None
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+    max_turns: int = 8
+    max_output_tokens: int | None = None
+    metadata: dict[str, str] | None = None
+
+
+class Conversation(BaseModel):
+    id: str = Field(default_factory=lambda: "conv_" + secrets.token_hex(12))
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    options: Options
+    #: Full replay history: input items, output items, and function_call_output items.
+    items: list[dict[str, Any]] = Field(default_factory=list)
+    #: Index in ``items`` from which items are new since the last stored response.
+    unsent_from: int = 0
+    previous_response_id: str | None = None
+    status: Status = "in_progress"
+    text: str = ""
+    error: str | None = None
+    model: str | None = None
+    turns: int = 0
+    usage: UsageTotals = Field(default_factory=UsageTotals)
+    tool_calls: list[ToolCallTrace] = Field(default_factory=list)
+    pending_calls: list[PendingCall] = Field(default_factory=list)
+    parsed: Any = None
+    notes: list[str] = Field(default_factory=list)

@@ -1,0 +1,84 @@
+"""Lenient models of what the Responses endpoint sends back.
+
+Gateways add, drop and rename fields, so every model allows extras and defaults what it
+can; raw output items are kept as dicts so they can be replayed verbatim. Only what the
+bridge acts on is checked: ``status``, and that each ``function_call`` has string
+``call_id``, ``name`` and ``arguments``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.errors import MalformedResponseError
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InputTokensDetails(_Lenient):
+    cached_tokens: int | None = 0
+
+
+class OutputTokensDetails(_Lenient):
+    reasoning_tokens: int | None = 0
+
+
+class Usage(_Lenient):
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
+    input_tokens_details: InputTokensDetails | None = None
+    output_tokens_details: OutputTokensDetails | None = None
+
+
+class FunctionCall(_Lenient):
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponseObject(_Lenient):
+    id: str | None = None
+    model: str | None = None
+    status: str | None = None
+    output: list[dict[str, Any]] = Field(default_factory=list)
+    usage: Usage | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+
+    def function_calls(self) -> list[FunctionCall]:
+        calls = []
+        for item in self.output:
+            if item.get("type") != "function_call":
+                continue
+            try:
+                calls.append(FunctionCall.model_validate(item))
+            except ValidationError as exc:
+                raise MalformedResponseError(f"a function_call item lacks call_id, name or arguments: {exc.errors()[0]['msg']}") from exc
+        return calls
+
+    def text(self) -> str:
+        """The joined ``output_text`` of every message item (not a wire field; see the reference)."""
+        parts: list[str] = []
+        for item in self.output:
+            if item.get("type") == "message":
+                for part in item.get("content") or []:
+                    if isinstance(part, dict) and part.get("type") == "output_text":
+                        parts.append(str(part.get("text", "")))
+                    elif isinstance(part, dict) and part.get("type") == "refusal":
+                        parts.append(f"[refusal] {part.get('refusal', '')}")
+        return "".join(parts)
+
+
+def parse_response(data: Any) -> ResponseObject:
+    if not isinstance(data, dict):
+        raise MalformedResponseError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return ResponseObject.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedResponseError(f"not a Responses object: {exc.errors()[0]['msg']}") from exc
