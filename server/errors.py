@@ -99,6 +99,8 @@ class NotFoundError(UpstreamHTTPError):
 class BadRequestError(UpstreamHTTPError):
     """Raised on 400/422: the upstream refused the request."""
 
+    hint = "the gateway refused the request as sent; its message says what to change"
+
 
 class RateLimitError(UpstreamHTTPError):
     """Raised on 429 once retries are spent or the asked wait is too long."""

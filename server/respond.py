@@ -25,7 +25,7 @@ from server.errors import BridgeError
 from server.logs import mask
 from server.loop import Loop, LoopLimits, ToolRunner, Toolset, Upstream
 from server.store import ConversationStore
-from server.translation import NameMap, cap, to_function_tool
+from server.translation import NameMap, UnsupportedToolError, cap, to_function_tool
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,10 @@ class Bridge:
             tool = self.local_tools[name]
             tools.add(to_function_tool(name, tool.description, tool.input_schema, tools.names.to_api[name]), "run")
         for f in functions:
-            tools.add(to_function_tool(f.name, f.description, f.input_schema, tools.names.to_api[f.name]), "return")
+            try:
+                tools.add(to_function_tool(f.name, f.description, f.input_schema, tools.names.to_api[f.name]), "return")
+            except UnsupportedToolError as exc:
+                raise ToolError(str(exc)) from exc
         choice = opts.tool_choice
         if choice not in ("auto", "none", "required") and choice not in tools.names.to_api:
             raise ToolError(f"tool_choice {choice!r} is not auto, none, required or the name of an offered tool")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 from mcp.types import (
     AudioContent,
     CallToolResult,
@@ -51,6 +52,10 @@ _FORMATS = {"date-time", "time", "date", "duration", "email", "hostname", "ipv4"
 
 class StrictSchemaError(ValueError):
     """Raised when a schema cannot be expressed in strict mode."""
+
+
+class UnsupportedToolError(ValueError):
+    """Raised when a tool's input schema cannot be offered as a function at all."""
 
 
 class ArgumentError(ValueError):
@@ -107,7 +112,20 @@ def normalise(schema: Any) -> dict[str, Any]:
         result["properties"] = {}
     if "definitions" in result and "$defs" not in result:
         result["$defs"] = result.pop("definitions")
+        result = _rewrite_refs(result)
     return result
+
+
+def _rewrite_refs(node: Any) -> Any:
+    """Point ``#/definitions/...`` references at ``#/$defs/...``."""
+    if isinstance(node, dict):
+        return {
+            k: (v.replace("#/definitions/", "#/$defs/", 1) if k == "$ref" and isinstance(v, str) else _rewrite_refs(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
 
 
 def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +198,7 @@ class _Strictifier:
             node["anyOf"] = node.pop("oneOf")
         if "allOf" in node:
             parts = node.pop("allOf")
-            if not isinstance(parts, list) or len(parts) != 1:
+            if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], dict):
                 raise StrictSchemaError("'allOf' with more than one schema is not supported in strict mode")
             node = {**parts[0], **node}
             return self.convert(node, depth)
@@ -193,7 +211,7 @@ class _Strictifier:
         kinds = kind if isinstance(kind, list) else [kind]
         if "object" in kinds or (kind is None and "properties" in node):
             node = self._object(node, depth)
-        if "array" in kinds and "items" in node:
+        if "items" in node:
             if isinstance(node["items"], list):
                 raise StrictSchemaError("tuple-style 'items' is not supported in strict mode")
             node["items"] = self.convert(node["items"], depth + 1)
@@ -249,7 +267,13 @@ class FunctionSpec:
 
 
 def to_function_tool(name: str, description: str | None, input_schema: Any, api_name: str) -> FunctionSpec:
+    """The function tool for an MCP tool, or ``UnsupportedToolError`` when its schema is not an object schema."""
     schema = normalise(input_schema)
+    if schema.get("type") != "object":
+        raise UnsupportedToolError(
+            f"tool {name!r} cannot be offered: its inputSchema must be an object schema, "
+            f"got {json.dumps(input_schema)[:80]}"
+        )
     tool: dict[str, Any] = {"type": "function", "name": api_name, "description": (description or "")[:1024]}
     try:
         tool["parameters"], tool["strict"] = strictify(schema), True
@@ -296,7 +320,7 @@ def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
     try:
         validator_cls = jsonschema.validators.validator_for(spec.schema, default=jsonschema.Draft202012Validator)
         error = jsonschema.exceptions.best_match(validator_cls(spec.schema).iter_errors(value))
-    except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.RefResolutionError, RecursionError):
+    except (jsonschema.exceptions.SchemaError, referencing.exceptions.Unresolvable, RecursionError):
         return value  # the tool's own schema is broken: let the tool judge its arguments
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from server.standin import StandIn
+
 #: A key no test should ever see echoed: tests search output for it.
 FAKE_KEY = "sk-test-NEVER-SHOW-0123456789abcdef"
 
@@ -23,3 +25,10 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """A fresh offline stand-in of /v1/responses on a free loopback port."""
+    with StandIn() as upstream:
+        yield upstream

@@ -1,0 +1,39 @@
+"""Shared test helpers: the Key4U example and ways to reach the bridge through real clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+
+from server.app import build_server
+from server.config import Settings
+from tests.conftest import FAKE_KEY
+
+KEY4U_PROMPT = (
+    "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
+    "2. View system information (operating system, memory, etc.)\n3. Calculate the result of 123.5 + 456.7 for me\n"
+    "4. Generate 3 random numbers between 1 and 100\n\n"
+    "This is a parallel tool call test, please execute these tasks simultaneously."
+)
+LOCAL_TOOLS = {"current_time", "system_info", "math_calculator", "random_generator"}
+
+
+def settings_for(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"api_key": FAKE_KEY, "base_url": base_url, "db_path": tmp_path / "conversations.db",
+                              "max_retries": 2, "retry_max_wait": 5.0}  # fmt: skip
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def bridge_client(settings: Settings, mode: str = "legacy") -> AsyncIterator[Client]:
+    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        yield client
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content)
