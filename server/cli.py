@@ -7,10 +7,14 @@ are for people at a terminal; they print to stdout, the server never does.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 from pydantic import ValidationError
@@ -36,7 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="serve MCP over stdio (the default)")
-    commands.add_parser("demo", help="start the server as a subprocess and exercise it through a real MCP client")
+    commands.add_parser(
+        "demo",
+        help="run the server as a subprocess and exercise it through a real MCP client, including the Key4U "
+        "parallel tool call example (against the offline stand-in when no API key is set)",
+    )
+    commands.add_parser("doctor", help="check that the configured gateway, key and model support the bridge")
+    standin = commands.add_parser("stand-in", help="serve the offline stand-in of /v1/responses")
+    standin.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    standin.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    standin.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    config = commands.add_parser("config", help="print a ready MCP host entry for this installation")
+    config.add_argument("host", choices=["claude"], help="the MCP host (claude: Claude Desktop, Cursor)")
     return parser
 
 
@@ -89,4 +104,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.demo import run_demo
 
         return anyio.run(run_demo, settings)
+    if command == "doctor":
+        from server.doctor import run_doctor
+
+        return anyio.run(run_doctor, settings)
+    if command == "stand-in":
+        return _serve_stand_in(args.host, args.port, args.api_key)
+    if command == "config":
+        print(json.dumps(claude_entry(settings), indent=2))
+        return 0
     raise AssertionError(f"unhandled command {command}")
+
+
+def _serve_stand_in(host: str, port: int, api_key: str | None) -> int:
+    from server.standin import StandIn
+
+    upstream = StandIn(host=host, port=port, api_key=api_key).start()
+    print(f"Offline stand-in of /v1/responses at {upstream.base_url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        upstream.stop()
+    return 0
+
+
+def claude_entry(settings: Settings) -> dict[str, object]:
+    """A Claude Desktop ``mcpServers`` entry with absolute paths for this installation."""
+    script = shutil.which("key4u-mcp", path=str(Path(sys.executable).parent)) or shutil.which("key4u-mcp")
+    command, cmd_args = (script, []) if script else (sys.executable, ["-m", "server"])
+    env = {"KEY4U_API_KEY": "sk-your-key4u-key", "KEY4U_BASE_URL": settings.base_url, "KEY4U_MODEL": settings.model}
+    return {"mcpServers": {"key4u": {"command": str(Path(command).resolve()), "args": cmd_args, "env": env}}}

@@ -1,11 +1,21 @@
-"""``key4u-mcp demo``: start the server as a real stdio subprocess and exercise it as a client would."""
+"""``key4u-mcp demo``: the whole path, as a new user would see it.
+
+It starts the server as a real stdio subprocess, connects as an MCP client, lists the tools,
+calls each local tool, then runs the Key4U "parallel tool call" example through
+``key4u_respond``: against the configured gateway when a key is set, else against the
+offline stand-in on a free loopback port.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from mcp import Client, StdioServerParameters
@@ -14,12 +24,19 @@ from mcp.types import CallToolResult
 from server.config import Settings
 from server.logs import mask
 
+KEY4U_PROMPT = (
+    "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
+    "2. View system information (operating system, memory, etc.)\n3. Calculate the result of 123.5 + 456.7 for me\n"
+    "4. Generate 3 random numbers between 1 and 100\n\n"
+    "This is a parallel tool call test, please execute these tasks simultaneously."
+)
 LOCAL_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("current_time", {}),
     ("system_info", {}),
     ("math_calculator", {"operation": "add", "a": 123.5, "b": 456.7}),
     ("random_generator", {"min": 1, "max": 100, "count": 3}),
 ]
+OFFLINE_KEY = "offline-demo-key"
 
 
 class Printer:
@@ -28,8 +45,9 @@ class Printer:
     def __init__(self, secrets: list[str]) -> None:
         self._secrets = secrets
 
-    def __call__(self, text: str = "") -> None:
-        print(mask(text, self._secrets), flush=True)
+    def __call__(self, text: str = "", *, end: str = "\n") -> None:
+        sys.stdout.write(mask(text, self._secrets) + end)
+        sys.stdout.flush()
 
 
 def server_parameters(env: dict[str, str] | None = None) -> StdioServerParameters:
@@ -40,29 +58,116 @@ def server_parameters(env: dict[str, str] | None = None) -> StdioServerParameter
     return StdioServerParameters(command=sys.executable, args=["-m", "server"], env=merged)
 
 
-def _result_text(result: CallToolResult) -> str:
+def _text(result: CallToolResult) -> str:
     return "\n".join(getattr(block, "text", f"[{block.type}]") for block in result.content)
 
 
-async def run_demo(settings: Settings) -> int:
-    out = Printer(settings.secrets())
-    started = time.perf_counter()
-    failures = 0
-    out("key4u-mcp demo: starting the server as a stdio subprocess and connecting as an MCP client")
-    async with Client(server_parameters(), mode="legacy") as client:
+@contextmanager
+def upstream_for(settings: Settings) -> Iterator[tuple[dict[str, str], str]]:
+    """Environment for the server subprocess and a description of the upstream."""
+    with ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="key4u-demo-")))
+        env = {"KEY4U_DB_PATH": str(state / "conversations.sqlite3")}
+        if settings.has_key:
+            yield env, f"the configured gateway {settings.base_url} (model {settings.model})"
+            return
+        from server.standin import StandIn
+
+        standin = stack.enter_context(StandIn())
+        env.update(KEY4U_API_KEY=OFFLINE_KEY, KEY4U_BASE_URL=standin.base_url, OPENAI_API_KEY="", OPENAI_BASE_URL="")
+        yield env, f"the offline stand-in at {standin.base_url} (no API key set; answers are labelled, not a model's)"
+
+
+class Demo:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.out = Printer(settings.secrets())
+        self.failures: list[str] = []
+
+    async def run(self) -> int:
+        started = time.perf_counter()
+        out = self.out
+        with upstream_for(self.settings) as (env, upstream):
+            out("key4u-mcp demo")
+            out(f"Upstream: {upstream}")
+            out("Starting the server as a stdio subprocess and connecting as an MCP client...")
+            async with Client(server_parameters(env), mode="legacy") as client:
+                await self._list_tools(client)
+                await self._local_tools(client)
+                await self._respond(client)
+        out(f"\nTotal time {time.perf_counter() - started:.2f} s. Upstream: {upstream}")
+        if self.failures:
+            out(f"FAILED: {'; '.join(self.failures)}")
+            return 1
+        out("All steps succeeded.")
+        return 0
+
+    async def _list_tools(self, client: Client) -> None:
         tools = (await client.list_tools()).tools
-        out(f"\n{len(tools)} tools:")
+        self.out(f"\n{len(tools)} tools:")
         for tool in tools:
-            out(f"  - {tool.name}: {tool.description}")
-        out("\nCalling each local tool:")
+            self.out(f"  - {tool.name}: {(tool.description or '').splitlines()[0][:110]}")
+
+    async def _local_tools(self, client: Client) -> None:
+        self.out("\n1. Calling each local tool directly:")
         for name, arguments in LOCAL_CALLS:
             t0 = time.perf_counter()
             result = await client.call_tool(name, arguments)
             ms = (time.perf_counter() - t0) * 1000
-            status = "error" if result.is_error else "ok"
-            failures += result.is_error
-            out(f"\n  {name}({json.dumps(arguments)}) -> {status} in {ms:.1f} ms")
-            for line in _result_text(result).splitlines():
-                out(f"    {line}")
-    out(f"\nDone in {time.perf_counter() - started:.2f} s; {failures} failure(s).")
-    return 1 if failures else 0
+            if result.is_error:
+                self.failures.append(f"{name} returned an error")
+            self.out(f"\n  {name}({json.dumps(arguments)}) -> {'error' if result.is_error else 'ok'} in {ms:.1f} ms")
+            for line in _text(result).splitlines():
+                self.out(f"    {line}")
+
+    async def _respond(self, client: Client) -> None:
+        out = self.out
+        out("\n2. The Key4U parallel tool call example through key4u_respond:")
+        out("  Prompt: " + KEY4U_PROMPT.replace("\n", "\n          "))
+
+        async def progress(step: float, total: float | None, message: str | None) -> None:
+            out(f"  ... {message}")
+
+        t0 = time.perf_counter()
+        result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}},
+                                        progress_callback=progress)  # fmt: skip
+        wall = (time.perf_counter() - t0) * 1000
+        data = result.structured_content or {}
+        if result.is_error or data.get("status") != "completed":
+            self.failures.append(f"key4u_respond ended with status {data.get('status', 'error')}")
+            out(f"\n  key4u_respond failed:\n    {_text(result)}")
+            return
+        self._account(data, wall)
+
+    def _account(self, data: dict[str, Any], wall_ms: float) -> None:
+        out = self.out
+        calls = data["tool_calls"]
+        for turn in range(1, data["turns"] + 1):
+            in_turn = [c for c in calls if c["turn"] == turn]
+            out(f"\n  Turn {turn}: " + (f"the model called {len(in_turn)} tool(s)" if in_turn else "the model answered"))
+            for call in sorted(in_turn, key=lambda c: c["started_ms"]):
+                first_line = call["output"].splitlines()[0] if call["output"] else ""
+                out(f"    {call['name']}({json.dumps(call['arguments'])})")
+                out(f"      {'ok' if call['ok'] else 'ERROR'}: started at +{call['started_ms']:.1f} ms, "
+                    f"took {call['ms']:.1f} ms -> {first_line[:100]}")  # fmt: skip
+            if len(in_turn) > 1:
+                starts = [c["started_ms"] for c in in_turn]
+                ends = [c["started_ms"] + c["ms"] for c in in_turn]
+                overlap = max(starts) < min(ends)
+                out(f"    {'All ran at the same time' if overlap else 'Ran concurrently'}: "
+                    f"{max(ends) - min(starts):.1f} ms from first start to last finish, "
+                    f"against {sum(c['ms'] for c in in_turn):.1f} ms if run one after another.")  # fmt: skip
+        if any(not c["ok"] for c in calls):
+            self.failures.append("a tool call failed")
+        usage = data["usage"]
+        out("\n  Final answer:")
+        for line in data["text"].splitlines():
+            out(f"    {line}")
+        out(f"\n  Model (as reported): {data['model']} · turns {data['turns']} · "
+            f"tokens in {usage['input_tokens']} (cached {usage['cached_tokens']}) / out {usage['output_tokens']} "
+            f"(reasoning {usage['reasoning_tokens']}) · {wall_ms:.0f} ms")  # fmt: skip
+        out(f"  Transcript resource: {data['transcript']}")
+
+
+async def run_demo(settings: Settings) -> int:
+    return await Demo(settings).run()

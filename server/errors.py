@@ -34,8 +34,13 @@ class BridgeError(Exception):
         if hint is not None:
             self.hint = hint
 
+    @property
+    def summary(self) -> str:
+        """What happened, without the hint."""
+        return self.message
+
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return f"{self.summary} ({self.hint})" if self.hint else self.summary
 
 
 class ConfigError(BridgeError):
@@ -71,11 +76,9 @@ class UpstreamHTTPError(UpstreamError):
         self.request_id = request_id
         self.retry_after = retry_after
 
-    def __str__(self) -> str:
-        text = f"HTTP {self.status_code}: {self.message}"
-        if self.code:
-            text += f" [code {self.code}]"
-        return f"{text} ({self.hint})" if self.hint else text
+    @property
+    def summary(self) -> str:
+        return f"HTTP {self.status_code}: {self.message}" + (f" [code {self.code}]" if self.code else "")
 
 
 class AuthenticationError(UpstreamHTTPError):
@@ -150,5 +153,6 @@ class StreamError(UpstreamError):
         super().__init__(message)
         self.code = code
 
-    def __str__(self) -> str:
+    @property
+    def summary(self) -> str:
         return f"stream error{f' [code {self.code}]' if self.code else ''}: {self.message}"

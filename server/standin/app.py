@@ -372,15 +372,21 @@ def _fault_error(state: StandInState) -> JSONResponse | None:
     return error.response(headers)
 
 
+def _check_key(request: Request, state: StandInState) -> JSONResponse | None:
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if token and (state.api_key is None or secrets.compare_digest(token.encode(), state.api_key.encode())):
+        return None
+    return RequestError(401, "Incorrect API key provided. You can find your API key at the gateway console.",
+                        code="invalid_api_key").response()  # fmt: skip
+
+
 def create_app(state: StandInState) -> Starlette:
     async def responses(request: Request) -> Response:
         state.count += 1
         faults = state.faults
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if not token or (state.api_key is not None and not secrets.compare_digest(token, state.api_key)):
-            return RequestError(401, "Incorrect API key provided. You can find your API key at the gateway console.",
-                                code="invalid_api_key").response()  # fmt: skip
+        if (denied := _check_key(request, state)) is not None:
+            return denied
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -420,6 +426,8 @@ def create_app(state: StandInState) -> Starlette:
         return JSONResponse(response)
 
     async def models(request: Request) -> Response:
+        if (denied := _check_key(request, state)) is not None:
+            return denied
         data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "offline-stand-in"} for m in MODEL_IDS]
         return JSONResponse({"object": "list", "data": data})
 

@@ -133,3 +133,21 @@ def test_invalid_setting_is_named_without_echoing_the_key() -> None:
     assert "KEY4U_BASE_URL" in done.stderr and "http(s) URL" in done.stderr
     assert done.stdout == ""
     assert FAKE_KEY not in done.stderr
+
+
+async def test_key4u_respond_over_stdio_against_a_real_upstream(tmp_path: Path) -> None:
+    from server.standin import StandIn
+    from tests.helpers import KEY4U_PROMPT
+
+    with StandIn() as upstream:
+        env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_LOG_LEVEL": "DEBUG",
+               "KEY4U_DB_PATH": str(tmp_path / "db.sqlite3")}  # fmt: skip
+        params = StdioServerParameters(command=script(), env=env)
+        async with spawned(params, tmp_path / "err.txt") as client:
+            result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+            assert result.structured_content is not None
+            assert result.structured_content["status"] == "completed"
+            assert len(result.structured_content["tool_calls"]) == 4
+            assert "580.2" in result.content[0].text  # type: ignore[union-attr]
+    assert len(upstream.requests) == 2
+    assert FAKE_KEY not in (tmp_path / "err.txt").read_text() + result.model_dump_json()
