@@ -18,6 +18,7 @@ from pydantic import Field
 
 from server import __version__
 from server.config import Settings
+from server.hub import Hub, load_hub_config
 from server.local_tools import register_local_tools
 from server.respond import (
     DESCRIPTION,
@@ -63,11 +64,17 @@ def _lifespan(settings: Settings) -> Any:
             store = ConversationStore(settings.database, max_conversations=settings.max_conversations,
                                       max_age_days=settings.max_age_days)  # fmt: skip
             tools = [LocalTool(t.name, t.description, t.input_schema) for t in await server.list_tools()]
+            hub_config, _ = load_hub_config(settings.mcp_servers)
+            hub = Hub(hub_config) if hub_config.servers else None
             try:
                 async with anyio.create_task_group() as tg:
-                    bridge = Bridge(settings, upstream, store, tools, LocalToolRunner(server.call_tool), tg)
+                    if hub is not None:
+                        hub.start(tg)
+                    bridge = Bridge(settings, upstream, store, tools, LocalToolRunner(server.call_tool), tg,
+                                    hub=hub, local_policy=hub_config.local_tools)  # fmt: skip
                     yield AppState(bridge=bridge)
                     await bridge.aclose()
+                    tg.cancel_scope.cancel()
             finally:
                 store.close()
 

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
         description="replay: stateless, store:false, full history each turn. previous_response_id: for gateways "
         "that pin sessions to one upstream account.",
     )
+    mcp_servers: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
+                                     description="An mcpServers JSON file of downstream MCP servers.")  # fmt: skip
     db_path: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
                                  description="SQLite file for conversations (default: the user state directory).")  # fmt: skip
     max_conversations: int = Field(default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations"))  # fmt: skip

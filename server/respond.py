@@ -24,6 +24,8 @@ from server.conversation import Conversation, Options, PendingCall, Status, Tool
 from server.errors import BridgeError
 from server.logs import mask
 from server.loop import Loop, LoopLimits, ToolRunner, Toolset, Upstream
+from server.hub import SEPARATOR, Hub
+from server.policy import Mode, Policy
 from server.store import ConversationStore
 from server.translation import NameMap, UnsupportedToolError, cap, to_function_tool
 
@@ -112,6 +114,19 @@ class LocalTool:
     input_schema: dict[str, Any]
 
 
+class Dispatcher:
+    """Sends each call to this server's own tools or to the downstream server that owns it."""
+
+    def __init__(self, local: ToolRunner, hub: Hub | None, timeout: float) -> None:
+        self.local, self.hub, self.timeout = local, hub, timeout
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+        if self.hub is not None and name.partition(SEPARATOR)[0] in self.hub.servers:
+            # A little under the loop's own timeout, so that the hub can mark a hung server first.
+            return await self.hub.call(name, arguments, self.timeout * 0.95)
+        return await self.local.call(name, arguments)
+
+
 class Bridge:
     """Owns the conversations: starts, resumes and waits for them."""
 
@@ -123,12 +138,16 @@ class Bridge:
         local_tools: list[LocalTool],
         runner: ToolRunner,
         task_group: TaskGroup,
+        hub: Hub | None = None,
+        local_policy: Policy | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.store = store
         self.local_tools = {t.name: t for t in local_tools if t.name != TOOL_NAME}
-        self.runner = runner
+        self.hub = hub
+        self.local_policy = local_policy or Policy()
+        self.runner = Dispatcher(runner, hub, settings.tool_timeout)
         self.task_group = task_group
         self.jobs: dict[str, Job] = {}
         self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout,
@@ -142,6 +161,8 @@ class Bridge:
                 "no API key is configured: set KEY4U_API_KEY (or OPENAI_API_KEY) in this server's environment; "
                 "the local tools work without one"
             )
+        if self.hub is not None:
+            await self.hub.wait_ready(min(10.0, self.settings.deadline / 2))
         conversation_id = args.get("conversation_id")
         if conversation_id:
             job = await self._resume(conversation_id, args)
@@ -222,13 +243,29 @@ class Bridge:
             )
         conv.pending_calls = []
 
+    def _available(self) -> dict[str, tuple[str | None, dict[str, Any], Mode]]:
+        """Every tool the policy lets the model see: name -> (description, input schema, mode)."""
+        available: dict[str, tuple[str | None, dict[str, Any], Mode]] = {}
+        for name, tool in self.local_tools.items():
+            mode = self.local_policy.mode_for(name, read_only=True, default="run")
+            if mode != "hidden":
+                available[name] = (tool.description, tool.input_schema, mode)
+        if self.hub is not None:
+            for hub_tool in self.hub.tools():
+                available[hub_tool.qualified] = (hub_tool.tool.description, hub_tool.tool.input_schema, hub_tool.mode)
+        return available
+
     def _toolset(self, conv: Conversation) -> Toolset:
         opts = conv.options
-        names = list(self.local_tools) if opts.tools is None else opts.tools
-        unknown = [n for n in names if n not in self.local_tools]
+        available = self._available()
+        names = list(available) if opts.tools is None else opts.tools
+        unknown = [n for n in names if n not in available]
+        down = [p for p in self.hub.problems() if any(f"'{n.partition(SEPARATOR)[0]}'" in p for n in unknown)] if self.hub else []
+        if down:
+            raise ToolError(f"{'; '.join(down)}; it is retried with backoff, try again shortly")
         if unknown:
             raise ToolError(
-                f"unknown tool(s) {', '.join(unknown)} in tools; this server's tools are: {', '.join(self.local_tools)}"
+                f"unknown tool(s) {', '.join(unknown)} in tools; the tools available are: {', '.join(available)}"
             )
         functions = [FunctionDefinition.model_validate(f) for f in opts.functions]
         clash = [f.name for f in functions if f.name in names]
@@ -241,8 +278,11 @@ class Bridge:
             raise ToolError("two functions have the same name")
         tools = Toolset(names=NameMap.build([*names, *(f.name for f in functions)]))
         for name in names:
-            tool = self.local_tools[name]
-            tools.add(to_function_tool(name, tool.description, tool.input_schema, tools.names.to_api[name]), "run")
+            description, schema, mode = available[name]
+            try:
+                tools.add(to_function_tool(name, description, schema, tools.names.to_api[name]), mode)  # type: ignore[arg-type]
+            except UnsupportedToolError as exc:
+                logger.warning("%s", exc)
         for f in functions:
             try:
                 tools.add(to_function_tool(f.name, f.description, f.input_schema, tools.names.to_api[f.name]), "return")
@@ -261,6 +301,8 @@ class Bridge:
         return job
 
     def _start(self, conv: Conversation) -> Job:
+        if self.hub is not None:
+            conv.notes.extend(self.hub.problems())
         job = Job(conv)
         self.jobs[conv.id] = job
         loop = Loop(upstream=self.upstream, runner=self.runner, tools=self._toolset(conv),  # type: ignore[arg-type]
