@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=None, help="log level (stderr only; default INFO)"
     )
+    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                        help="stdio (default, for MCP hosts) or http (Streamable HTTP at /mcp)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP: port (default 8000)")
+    parser.add_argument("--stateless", action="store_true",
+                        help="HTTP: no MCP sessions, so any replica can answer any request")  # fmt: skip
+    parser.add_argument("--json-response", action="store_true", help="HTTP: answer with JSON instead of SSE")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="serve MCP over stdio (the default)")
     commands.add_parser(
@@ -47,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("doctor", help="check that the configured gateway, key and model support the bridge")
     standin = commands.add_parser("stand-in", help="serve the offline stand-in of /v1/responses")
-    standin.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    standin.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    standin.add_argument("--host", dest="standin_host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    standin.add_argument("--port", dest="standin_port", type=int, default=8765, help="port (default 8765; 0: any free)")
     standin.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
     config = commands.add_parser("config", help="print a ready MCP host entry for this installation")
     config.add_argument("host", choices=["claude"], help="the MCP host (claude: Claude Desktop, Cursor)")
@@ -94,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     command = args.command or "serve"
+    if command == "serve" and args.transport == "http":
+        return _serve_http(settings, args)
     if command == "serve":
         try:
             anyio.run(_serve_stdio, settings)
@@ -109,11 +118,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return anyio.run(run_doctor, settings)
     if command == "stand-in":
-        return _serve_stand_in(args.host, args.port, args.api_key)
+        return _serve_stand_in(args.standin_host, args.standin_port, args.api_key)
     if command == "config":
         print(json.dumps(claude_entry(settings), indent=2))
         return 0
     raise AssertionError(f"unhandled command {command}")
+
+
+def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
+    from server.errors import ConfigError
+    from server.http import serve_http
+
+    try:
+        anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless,
+                                     json_response=args.json_response))  # fmt: skip
+    except ConfigError as exc:
+        print(f"key4u-mcp: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _serve_stand_in(host: str, port: int, api_key: str | None) -> int:

@@ -71,12 +71,17 @@ class Settings(BaseSettings):
     )
     mcp_servers: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
                                      description="An mcpServers JSON file of downstream MCP servers.")  # fmt: skip
+    mcp_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_TOKEN", "mcp_token"),
+                                        description="Bearer token the HTTP transport requires.")  # fmt: skip
+    mcp_allowed_hosts: str | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_HOSTS", "mcp_allowed_hosts"))  # fmt: skip
+    mcp_allowed_origins: str | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_ORIGINS", "mcp_allowed_origins"))  # fmt: skip
+    mcp_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("KEY4U_MCP_MAX_REQUEST_BYTES", "mcp_max_request_bytes"))  # fmt: skip
     db_path: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
                                  description="SQLite file for conversations (default: the user state directory).")  # fmt: skip
     max_conversations: int = Field(default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations"))  # fmt: skip
     max_age_days: float = Field(default=30, gt=0, validation_alias=AliasChoices("KEY4U_MAX_AGE_DAYS", "max_age_days"))
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "mcp_token", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never be printed or logged."""
-        return [self.api_key.get_secret_value()] if self.api_key else []
+        return [s.get_secret_value() for s in (self.api_key, self.mcp_token) if s is not None]
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:

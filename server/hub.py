@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -113,12 +114,14 @@ class Downstream:
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
 
-    def _transport(self) -> Any:
+    async def _transport(self, stack: AsyncExitStack) -> Any:
         cfg = self.config
         if cfg.command:
             env = {**os.environ, **cfg.env} if cfg.env else None
             return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
-        http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        )
         return streamable_http_client(cfg.url or "", http_client=http)
 
     async def _on_message(self, message: Any) -> None:
@@ -150,7 +153,11 @@ class Downstream:
     async def _session(self, ping_interval: float) -> None:
         self.status = "starting"
         self._broken = anyio.Event()
-        async with Client(self._transport(), mode="legacy", message_handler=self._on_message, cache=None) as client:
+        async with AsyncExitStack() as stack:
+            transport = await self._transport(stack)
+            client = await stack.enter_async_context(
+                Client(transport, mode="legacy", message_handler=self._on_message, cache=None)
+            )
             with anyio.fail_after(self.config.startup_timeout):
                 await self._list(client)
             self.client, self.status, self.error, self.next_retry = client, "ready", None, None

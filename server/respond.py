@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,8 @@ DESCRIPTION = (
     "just the `conversation_id` to wait for the result."
 )
 Effort = Literal["minimal", "low", "medium", "high"]
+#: A conversation saved as running this long ago is taken to be abandoned by its process.
+STALE_AFTER = 900.0
 
 
 class FunctionDefinition(BaseModel):
@@ -205,6 +208,16 @@ class Bridge:
         conv = self.store.get(conversation_id)
         if conv is None:
             raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
+        if conv.status == "in_progress" and time.time() - conv.updated_at > STALE_AFTER:
+            conv.status = "incomplete"  # its process stopped mid-way: let it be continued
+            conv.notes = [*conv.notes, "the process running this conversation stopped before it finished"]
+        if conv.status == "in_progress":
+            # Saved as running by another process sharing the database (or one that stopped mid-way).
+            conv.notes = [*conv.notes, f"this conversation is running in another server process (last saved "
+                          f"{time.time() - conv.updated_at:.0f} s ago); call again with only its conversation_id"]  # fmt: skip
+            if wants_more:
+                raise ToolError(conv.notes[-1])
+            return self._finished_job(conv)
         if not wants_more:
             return self._finished_job(conv)  # nothing new: report where it stands
         updates = self._option_args(args)
@@ -305,6 +318,8 @@ class Bridge:
             conv.notes.extend(self.hub.problems())
         job = Job(conv)
         self.jobs[conv.id] = job
+        conv.status = "in_progress"
+        self.store.put(conv)  # other replicas sharing the database see that it runs
         loop = Loop(upstream=self.upstream, runner=self.runner, tools=self._toolset(conv),  # type: ignore[arg-type]
                     limits=self.limits, progress=job.notify)  # fmt: skip
 
