@@ -101,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     command = args.command or "serve"
+    if command == "serve":
+        from server.hub import load_hub_config
+
+        try:
+            load_hub_config(settings.mcp_servers)
+        except ValueError as exc:
+            print(f"key4u-mcp: {exc}", file=sys.stderr)
+            return 2
     if command == "serve" and args.transport == "http":
         return _serve_http(settings, args)
     if command == "serve":

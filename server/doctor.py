@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 
 from server import errors
 from server.config import Settings
+from server.hub import Hub, load_hub_config
 from server.logs import mask
 from server.responses_client import ResponsesClient, RetryPolicy
 from server.wire import ResponseObject
@@ -138,10 +140,36 @@ def table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
+async def downstream_checks(settings: Settings) -> list[Check]:
+    """Start each configured downstream MCP server once and report whether it answered."""
+    try:
+        config, path = load_hub_config(settings.mcp_servers)
+    except ValueError as exc:
+        return [Check("MCP servers file", False, str(exc), "fix the JSON (the mcpServers format of Claude Desktop)")]
+    if not config.servers:
+        return []
+    hub = Hub(config)
+    async with anyio.create_task_group() as tg:
+        hub.start(tg)
+        await hub.wait_ready(max(s.startup_timeout for s in config.servers.values()) + 1)
+        tg.cancel_scope.cancel()
+    checks = [Check("MCP servers file", True, str(path))]
+    for server in hub.servers.values():
+        if server.status == "ready":
+            checks.append(Check(f"server {server.name}", True, f"{len(server.tools)} tools"))
+        elif server.status == "disabled":
+            checks.append(Check(f"server {server.name}", True, "disabled"))
+        else:
+            checks.append(Check(f"server {server.name}", False, server.error or server.status,
+                                "check its command/url in the servers file; run the command by hand to see why"))  # fmt: skip
+    return checks
+
+
 async def run_doctor(settings: Settings) -> int:
     print(f"key4u-mcp doctor: checking {settings.base_url} with model {settings.model}\n", flush=True)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as http:
         checks = await Doctor(settings, http).run()
+    checks += await downstream_checks(settings)
     print(mask(table(checks), settings.secrets()))
     failed = [c for c in checks if not c.ok]
     print(f"\n{'All checks passed: the bridge can use this gateway.' if not failed else f'{len(failed)} check(s) failed.'}")

@@ -98,3 +98,16 @@ def test_stand_in_command_serves_any_client(tmp_path: Path) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     done = run("frobnicate")
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_doctor_reports_downstream_servers(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.json"
+    fixture = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"],
+               "cwd": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    servers.write_text(json.dumps({"mcpServers": {"good": fixture, "dead": {"command": str(tmp_path / "nope")}}}))
+    with StandIn() as upstream:
+        done = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url,
+                                  "KEY4U_MCP_SERVERS": str(servers)})  # fmt: skip
+    assert done.returncode == 1
+    assert re.search(r"ok\s+server good\s+\d+ tools", done.stdout), done.stdout
+    assert re.search(r"FAIL\s+server dead", done.stdout) and "run the command by hand" in done.stdout

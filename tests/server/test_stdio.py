@@ -151,3 +151,11 @@ async def test_key4u_respond_over_stdio_against_a_real_upstream(tmp_path: Path) 
             assert "580.2" in result.content[0].text  # type: ignore[union-attr]
     assert len(upstream.requests) == 2
     assert FAKE_KEY not in (tmp_path / "err.txt").read_text() + result.model_dump_json()
+
+
+def test_a_broken_servers_file_stops_start_up_with_its_path(tmp_path: Path) -> None:
+    broken = tmp_path / "servers.json"
+    broken.write_text('{"mcpServers": {"x": {}}}')
+    env = {**os.environ, "KEY4U_MCP_SERVERS": str(broken)}
+    done = subprocess.run([script()], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and str(broken) in done.stderr and "either command" in done.stderr
