@@ -8,6 +8,7 @@ serve, as the SDK does, so that child processes cannot eat protocol input.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -19,6 +20,12 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import MCPServer
 from mcp.server.stdio import stdio_server
+
+
+logger = logging.getLogger(__name__)
+
+#: Largest message accepted on stdin; a longer line is read past and dropped, never held in memory.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class StdinLines:
@@ -33,7 +40,10 @@ class StdinLines:
 
     def _pump(self, token: anyio.lowlevel.EventLoopToken) -> None:
         try:
-            for raw in iter(self._source.readline, b""):
+            while raw := self._source.readline(MAX_MESSAGE_BYTES + 1):
+                if len(raw) > MAX_MESSAGE_BYTES and not raw.endswith(b"\n"):
+                    self._discard_rest()
+                    continue
                 anyio.from_thread.run(self._send.send, raw.decode("utf-8", errors="replace"), token=token)
         except (RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return  # the loop is gone or the reader stopped listening: nothing left to feed
@@ -42,6 +52,14 @@ class StdinLines:
                 anyio.from_thread.run_sync(self._send.close, token=token)
             except RuntimeError:
                 pass
+
+    def _discard_rest(self) -> None:
+        size = MAX_MESSAGE_BYTES
+        while chunk := self._source.readline(1 << 20):
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        logger.warning("discarded a message of %d bytes: over the %d-byte limit", size, MAX_MESSAGE_BYTES)
 
     def __aiter__(self) -> StdinLines:
         return self
@@ -66,7 +84,7 @@ def _claim_stdin() -> BinaryIO:
         os.close(null)
     except OSError:
         return sys.stdin.buffer
-    return os.fdopen(private, "rb", buffering=0, closefd=False)
+    return os.fdopen(private, "rb", closefd=False)
 
 
 async def serve_stdio(server: MCPServer[Any]) -> None:

@@ -76,6 +76,8 @@ class StandInState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     count: int = 0
+    active: int = 0
+    """Requests being answered right now (a stream counts until it ends or the client leaves)."""
 
 
 class RequestError(Exception):
@@ -224,7 +226,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
         planned = [model.PlannedCall(first["name"], model.plan_arguments(prompt, first.get("parameters") or {}, False))]
     else:
         planned = model.plan_calls(prompt, tools, done, body.get("tool_choice", "auto"), parallel)
-    if faults.call_unknown_tool:
+    if faults.call_unknown_tool and faults.call_unknown_tool not in done:
         planned.append(model.PlannedCall(faults.call_unknown_tool, {}))
 
     output: list[dict[str, Any]] = []
@@ -324,7 +326,15 @@ def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-async def _sse(events: list[dict[str, Any]], faults: Faults) -> AsyncIterator[bytes]:
+async def _sse(events: list[dict[str, Any]], faults: Faults, state: StandInState) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _sse_events(events, faults):
+            yield chunk
+    finally:
+        state.active -= 1
+
+
+async def _sse_events(events: list[dict[str, Any]], faults: Faults) -> AsyncIterator[bytes]:
     if faults.first_byte_delay:
         await asyncio.sleep(faults.first_byte_delay)
     for number, event in enumerate(events):
@@ -384,6 +394,17 @@ def _check_key(request: Request, state: StandInState) -> JSONResponse | None:
 def create_app(state: StandInState) -> Starlette:
     async def responses(request: Request) -> Response:
         state.count += 1
+        state.active += 1
+        streaming = False
+        try:
+            response = await answer(request)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        finally:
+            if not streaming:
+                state.active -= 1  # a stream is counted until its generator ends
+
+    async def answer(request: Request) -> Response:
         faults = state.faults
         if (denied := _check_key(request, state)) is not None:
             return denied
@@ -419,7 +440,7 @@ def create_app(state: StandInState) -> Starlette:
             return JSONResponse({"error": {"message": "upstream error: bad_response_body (offline stand-in fault)",
                                            "type": "new_api_error", "param": "", "code": "bad_response_body"}})  # fmt: skip
         if body.get("stream"):
-            return StreamingResponse(_sse(stream_events(response), faults), media_type="text/event-stream",
+            return StreamingResponse(_sse(stream_events(response), faults, state), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})  # fmt: skip
         if faults.malformed_json:
             return Response(json.dumps(response)[:100], media_type="application/json")
