@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-import httpx
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError
@@ -33,7 +32,6 @@ from server.respond import (
     to_call_result,
     transcript,
 )
-from server.responses_client import ResponsesClient, RetryPolicy
 from server.store import ConversationStore
 
 logger = logging.getLogger(__name__)
@@ -50,33 +48,63 @@ class AppState:
     bridge: Bridge
 
 
+class SharedUpstream:
+    """The process's one ``httpx.AsyncClient`` and ``ResponsesClient``, made on first use.
+
+    Building the client loads the TLS trust store (tens of milliseconds), and hosts start every
+    configured server at launch, so it is not done before the server can answer ``initialize``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._http: Any = None
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            import httpx
+
+            from server.responses_client import ResponsesClient, RetryPolicy
+
+            s = self._settings
+            assert s.api_key is not None
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(s.timeout, connect=10.0, write=30.0, pool=10.0),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            )
+            self._client = ResponsesClient(self._http, base_url=s.base_url, api_key=s.api_key.get_secret_value(),
+                                           stream=s.stream, retry=RetryPolicy(max_retries=s.max_retries,
+                                                                              max_wait=s.retry_max_wait))  # fmt: skip
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        timeout = httpx.Timeout(settings.timeout, connect=10.0, write=30.0, pool=10.0)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=True) as http:
-            upstream = None
-            if settings.api_key is not None:
-                retry = RetryPolicy(max_retries=settings.max_retries, max_wait=settings.retry_max_wait)
-                upstream = ResponsesClient(http, base_url=settings.base_url, api_key=settings.api_key.get_secret_value(),
-                                           stream=settings.stream, retry=retry)  # fmt: skip
-            store = ConversationStore(settings.database, max_conversations=settings.max_conversations,
-                                      max_age_days=settings.max_age_days)  # fmt: skip
-            tools = [LocalTool(t.name, t.description, t.input_schema) for t in await server.list_tools()]
-            hub_config, _ = load_hub_config(settings.mcp_servers)
-            hub = Hub(hub_config) if hub_config.servers else None
-            try:
-                async with anyio.create_task_group() as tg:
-                    if hub is not None:
-                        hub.start(tg)
-                    bridge = Bridge(settings, upstream, store, tools, LocalToolRunner(server.call_tool), tg,
-                                    hub=hub, local_policy=hub_config.local_tools)  # fmt: skip
-                    yield AppState(bridge=bridge)
-                    await bridge.aclose()
-                    tg.cancel_scope.cancel()
-            finally:
-                store.close()
+        upstream = SharedUpstream(settings) if settings.api_key is not None else None
+        store = ConversationStore(settings.database, max_conversations=settings.max_conversations,
+                                  max_age_days=settings.max_age_days)  # fmt: skip
+        tools = [LocalTool(t.name, t.description, t.input_schema) for t in await server.list_tools()]
+        hub_config, _ = load_hub_config(settings.mcp_servers)
+        hub = Hub(hub_config) if hub_config.servers else None
+        try:
+            async with anyio.create_task_group() as tg:
+                if hub is not None:
+                    hub.start(tg)
+                bridge = Bridge(settings, upstream.get if upstream else None, store, tools,
+                                LocalToolRunner(server.call_tool), tg, hub=hub, local_policy=hub_config.local_tools)  # fmt: skip
+                yield AppState(bridge=bridge)
+                await bridge.aclose()
+                tg.cancel_scope.cancel()
+        finally:
+            store.close()
+            if upstream is not None:
+                with anyio.CancelScope(shield=True):
+                    await upstream.aclose()
 
     return lifespan
 

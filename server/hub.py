@@ -24,11 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import httpx2
 import platformdirs
 from anyio.abc import TaskGroup
-from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -110,11 +107,15 @@ class Downstream:
     tools: list[Tool] = field(default_factory=list)
     failures: int = 0
     next_retry: float | None = None
-    client: Client | None = None
+    client: Any = None  # an mcp.Client while connected
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
+        import httpx2
+        from mcp import StdioServerParameters
+        from mcp.client.streamable_http import streamable_http_client
+
         cfg = self.config
         if cfg.command:
             env = {**os.environ, **cfg.env} if cfg.env else None
@@ -153,6 +154,8 @@ class Downstream:
     async def _session(self, ping_interval: float) -> None:
         self.status = "starting"
         self._broken = anyio.Event()
+        from mcp import Client
+
         async with AsyncExitStack() as stack:
             transport = await self._transport(stack)
             client = await stack.enter_async_context(
@@ -182,7 +185,7 @@ class Downstream:
                 with anyio.fail_after(10):
                     await client.send_ping()
 
-    async def _list(self, client: Client) -> None:
+    async def _list(self, client: Any) -> None:
         tools: list[Tool] = []
         cursor = None
         while True:

@@ -136,7 +136,7 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        upstream: Upstream | None,
+        upstream: Callable[[], Upstream] | None,
         store: ConversationStore,
         local_tools: list[LocalTool],
         runner: ToolRunner,
@@ -320,8 +320,9 @@ class Bridge:
         self.jobs[conv.id] = job
         conv.status = "in_progress"
         self.store.put(conv)  # other replicas sharing the database see that it runs
-        loop = Loop(upstream=self.upstream, runner=self.runner, tools=self._toolset(conv),  # type: ignore[arg-type]
-                    limits=self.limits, progress=job.notify)  # fmt: skip
+        assert self.upstream is not None
+        loop = Loop(upstream=self.upstream(), runner=self.runner, tools=self._toolset(conv), limits=self.limits,
+                    progress=job.notify)  # fmt: skip
 
         async def run() -> None:
             try:

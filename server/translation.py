@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-import referencing.exceptions
 from mcp.types import (
     AudioContent,
     CallToolResult,
@@ -317,6 +315,9 @@ def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ArgumentError(f"the arguments for {spec.api_name} must be a JSON object, got {type(value).__name__}")
     value = _drop_optional_nulls(value, spec.schema, spec.schema)
+    import jsonschema  # imported on first use: a third of a second of start-up otherwise
+    import referencing.exceptions
+
     try:
         validator_cls = jsonschema.validators.validator_for(spec.schema, default=jsonschema.Draft202012Validator)
         error = jsonschema.exceptions.best_match(validator_cls(spec.schema).iter_errors(value))

@@ -10,7 +10,6 @@ import os
 import platform
 import time
 
-import psutil
 from pydantic import BaseModel, Field
 
 NAME = "system_info"
@@ -66,6 +65,8 @@ def _load_average() -> list[float] | None:
 
 
 def _uptime() -> int | None:
+    import psutil
+
     try:
         return max(0, int(time.time() - psutil.boot_time()))
     except (OSError, RuntimeError):
@@ -74,6 +75,8 @@ def _uptime() -> int | None:
 
 def system_info() -> SystemInfo:
     """Return a snapshot of the operating system, runtime, CPU and memory."""
+    import psutil  # imported on first use: it is not needed to start the server
+
     vm = psutil.virtual_memory()
     return SystemInfo(
         os=platform.system() or "unknown",

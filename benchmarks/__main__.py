@@ -1,0 +1,54 @@
+"""Run the benchmarks and rewrite BENCHMARKS.md:  python -m benchmarks [NAME ...]"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import anyio
+
+from benchmarks.common import REPO, machine
+from benchmarks.suite import ALL, Row, run
+
+
+def render(rows: list[Row], seconds: float) -> str:
+    info = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure is measured side by side in one run (ratios or differences against a baseline run in the",
+        "same loop), with the median and the interquartile range over repeated runs. The upstream is the offline",
+        "stand-in of `/v1/responses` on loopback, in its own process.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['os']}, "
+        f"Python {info['python']}. Run took {seconds:.0f} s on {time.strftime('%Y-%m-%d')}.",
+        "",
+        "Reproduce: `python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]' && .venv/bin/python -m benchmarks`",
+        "",
+        "| benchmark | figure | target | met |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        met = "n/a" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(f"| {row.name} | {row.figure} | {row.target} | {met} |")
+    lines += ["", "## Details", ""]
+    lines += [f"* **{row.name}**: {row.detail}" for row in rows if row.detail]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(ALL)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    started = time.perf_counter()
+    rows = anyio.run(run, names)
+    text = render(rows, time.perf_counter() - started)
+    if names == list(ALL):
+        (REPO / "BENCHMARKS.md").write_text(text)
+        print("wrote BENCHMARKS.md", file=sys.stderr)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The benchmarks. Each measures side by side in one run and returns rows for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import psutil
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from benchmarks.common import (
+    KEY,
+    KEY4U_PROMPT,
+    REPO,
+    bridge_env,
+    cpu_seconds,
+    script,
+    spread,
+    standin_process,
+    stdio_bridge,
+)
+
+
+@dataclass
+class Row:
+    name: str
+    figure: str
+    target: str
+    met: bool | None
+    detail: str = ""
+
+
+# --- overhead --------------------------------------------------------------------------------------
+
+
+async def overhead(tmp: Path, pairs: int = 60) -> list[Row]:
+    """A key4u_respond turn over stdio minus a direct httpx POST of the same request."""
+    with standin_process() as (base_url, _):
+        env = bridge_env(base_url, tmp, KEY4U_STREAM="false")
+        body = {"model": "gpt-4.1", "input": [{"type": "message", "role": "user", "content": "hello"}],
+                "parallel_tool_calls": True, "store": False, "stream": False}  # fmt: skip
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with stdio_bridge(env) as (client, _), httpx.AsyncClient() as http:
+            for _ in range(10):  # warm both paths
+                await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
+                await http.post(f"{base_url}/responses", json=body, headers=headers)
+            bridge, direct, diffs = [], [], []
+            for _ in range(pairs):
+                t0 = time.perf_counter()
+                result = await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
+                t1 = time.perf_counter()
+                reply = await http.post(f"{base_url}/responses", json=body, headers=headers)
+                t2 = time.perf_counter()
+                assert not result.is_error and reply.status_code == 200
+                bridge.append((t1 - t0) * 1000)
+                direct.append((t2 - t1) * 1000)
+                diffs.append(bridge[-1] - direct[-1])
+    added = spread(diffs)
+    return [Row("Overhead per turn (key4u_respond over stdio − direct httpx POST)", added.fmt(),
+                "≤ 2 ms at the median", added.median <= 2.0,
+                f"bridge {spread(bridge).fmt()}; direct POST {spread(direct).fmt()}")]  # fmt: skip
+
+
+# --- parallelism ---------------------------------------------------------------------------------
+
+
+async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
+    """4 and 16 calls of 200 ms in one turn: wall time of the turn's tool phase against one call."""
+    servers = tmp / "slow.json"
+    servers.write_text(json.dumps({"mcpServers": {"slow": {"command": sys.executable, "cwd": str(REPO),
+                                                            "args": ["-m", "benchmarks.slow_server"]}}}))  # fmt: skip
+    rows = []
+    with standin_process() as (base_url, _):
+        env = bridge_env(base_url, tmp, KEY4U_MCP_SERVERS=str(servers), KEY4U_TOOL_CONCURRENCY="16")
+        async with stdio_bridge(env) as (client, _):
+            for count in (1, 4, 16):
+                names = [f"slow__slow_{i}" for i in range(count)]
+                prompt = "run " + " ".join(n.split("__")[1] for n in names)
+                walls = []
+                for _ in range(repeats + 1):
+                    result = await client.call_tool("key4u_respond", {"prompt": prompt, "tools": names})
+                    calls = (result.structured_content or {}).get("tool_calls", [])
+                    assert len(calls) == count and all(c["ok"] for c in calls), result.content
+                    start = min(c["started_ms"] for c in calls)
+                    walls.append(max(c["started_ms"] + c["ms"] for c in calls) - start)
+                walls = walls[1:]  # the first run warms the downstream connection
+                if count == 1:
+                    single = spread(walls)
+                    continue
+                ratio = spread([w / single.median for w in walls])
+                rows.append(Row(f"Parallelism: {count} calls of 200 ms in one turn", f"{ratio.median:.3f}× one call",
+                                "≤ 1.15× one call", ratio.median <= 1.15,
+                                f"tool phase {spread(walls).fmt()} against one call {single.fmt()}; "
+                                f"a sequential bridge would take {count}×"))  # fmt: skip
+    return rows
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+async def _time_to_initialize(command: list[str], env: dict[str, str]) -> float:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "0"}}}  # fmt: skip
+    t0 = time.perf_counter()
+    async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, env=env, cwd=REPO) as proc:  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send(json.dumps(init).encode() + b"\n")
+        received = b""
+        while b'"id":1' not in received:
+            received += await proc.stdout.receive()
+        elapsed = (time.perf_counter() - t0) * 1000
+        await proc.stdin.aclose()
+        await proc.wait()
+    return elapsed
+
+
+async def startup(tmp: Path, repeats: int = 12) -> list[Row]:
+    """Spawn to ``initialize`` answered: this server against a bare ``mcp`` server with one tool."""
+    env = bridge_env("http://127.0.0.1:9/v1", tmp)
+    ours, bare = [], []
+    for i in range(repeats + 2):
+        a = await _time_to_initialize([script()], env)
+        b = await _time_to_initialize([sys.executable, "-m", "benchmarks.bare_server"], env)
+        if i >= 2:  # the first runs warm the file cache
+            ours.append(a)
+            bare.append(b)
+    ratio = spread([a / b for a, b in zip(ours, bare, strict=True)])
+    return [Row("Start-up: spawn to initialize answered, against a bare mcp server", f"{ratio.median:.3f}× the bare server",
+                "≤ 1.1× the bare server", ratio.median <= 1.1,
+                f"key4u-mcp {spread(ours).fmt()}; bare {spread(bare).fmt()}")]  # fmt: skip
+
+
+# --- a peer: openai-agents -----------------------------------------------------------------------
+
+
+def _agents_tools() -> list[Any]:
+    from agents import function_tool
+
+    from tools.current_time import current_time
+    from tools.math_calculator import math_calculator
+    from tools.random_generator import random_generator
+    from tools.system_info import system_info
+
+    return [function_tool(f) for f in (current_time, system_info, math_calculator, random_generator)]
+
+
+async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
+    """The Key4U example by this bridge and by openai-agents' Runner, against the same stand-in."""
+    try:
+        from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
+        from openai import AsyncOpenAI
+    except ImportError:
+        return [Row("Peer: openai-agents Runner", "not run", "≥ 1.5× faster", None,
+                    "install the bench extra: pip install -e '.[bench]'")]  # fmt: skip
+    set_tracing_disabled(True)
+    me = psutil.Process()
+    with standin_process() as (base_url, _):
+        openai_client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+        agent = Agent(name="key4u", instructions="Use the tools.", tools=_agents_tools(),
+                      model=OpenAIResponsesModel(model="gpt-4.1", openai_client=openai_client))  # fmt: skip
+        async with stdio_bridge(bridge_env(base_url, tmp)) as (client, server):
+            ours_wall, ours_cpu, peer_wall, peer_cpu = [], [], [], []
+            for i in range(repeats + 3):
+                c0, t0 = cpu_seconds(server), time.perf_counter()
+                result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+                t1, c1 = time.perf_counter(), cpu_seconds(server)
+                assert (result.structured_content or {}).get("status") == "completed"
+                p0, t2 = cpu_seconds(me), time.perf_counter()
+                run = await Runner.run(agent, KEY4U_PROMPT)
+                t3, p1 = time.perf_counter(), cpu_seconds(me)
+                assert "580.2" in str(run.final_output)
+                if i >= 3:
+                    ours_wall.append((t1 - t0) * 1000)
+                    ours_cpu.append((c1 - c0) * 1000)
+                    peer_wall.append((t3 - t2) * 1000)
+                    peer_cpu.append((p1 - p0) * 1000)
+        await openai_client.close()
+    wall = spread([p / o for p, o in zip(peer_wall, ours_wall, strict=True)])
+    cpu = spread(peer_cpu).median / max(spread(ours_cpu).median, 1e-9)
+    return [
+        Row("Peer, wall time: openai-agents Runner ÷ this bridge (Key4U example)", f"{wall.median:.2f}× faster",
+            "≥ 1.5× faster", wall.median >= 1.5, f"bridge {spread(ours_wall).fmt()}; Runner {spread(peer_wall).fmt()}"),
+        Row("Peer, CPU time: openai-agents Runner ÷ this bridge (Key4U example)", f"{cpu:.2f}× less CPU",
+            "≥ 1.5× less CPU", cpu >= 1.5,
+            f"bridge server process {spread(ours_cpu).fmt()}; Runner's process {spread(peer_cpu).fmt()}"),
+    ]  # fmt: skip
+
+
+# --- scale over HTTP -----------------------------------------------------------------------------
+
+
+async def _http_example(url: str) -> tuple[float, bool]:
+    t0 = time.perf_counter()
+    try:
+        async with httpx2.AsyncClient(timeout=120) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+        ok = not result.is_error and (result.structured_content or {}).get("status") == "completed"
+    except Exception:  # noqa: BLE001 - counted as an error
+        ok = False
+    return (time.perf_counter() - t0) * 1000, ok
+
+
+async def scale(tmp: Path) -> list[Row]:
+    """The HTTP transport under 50 and 200 concurrent clients, stateful and stateless."""
+    rows = []
+    with standin_process() as (base_url, _):
+        for stateless in (False, True):
+            port = 18500 + int(stateless)
+            args = [script(), "--transport", "http", "--port", str(port)] + (["--stateless"] if stateless else [])
+            env = bridge_env(base_url, tmp, KEY4U_DB_PATH=str(tmp / f"scale-{stateless}.sqlite3"))
+            with subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL) as proc:
+                server = psutil.Process(proc.pid)
+                url = f"http://127.0.0.1:{port}/mcp"
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            httpx.get(url.replace("/mcp", "/healthz"), timeout=1)
+                            break
+                        except httpx.HTTPError:
+                            await anyio.sleep(0.1)
+                for clients in (50, 200):
+                    peak = server.memory_info().rss
+                    results: list[tuple[float, bool]] = []
+
+                    async def one() -> None:
+                        results.append(await _http_example(url))
+
+                    async def watch_memory(scope: anyio.CancelScope) -> None:
+                        nonlocal peak
+                        while True:
+                            peak = max(peak, server.memory_info().rss)
+                            await anyio.sleep(0.05)
+
+                    t0 = time.perf_counter()
+                    async with anyio.create_task_group() as tg:
+                        watcher = anyio.CancelScope()
+
+                        async def run_watch() -> None:
+                            with watcher:
+                                await watch_memory(watcher)
+
+                        tg.start_soon(run_watch)
+                        async with anyio.create_task_group() as load:
+                            for _ in range(clients):
+                                load.start_soon(one)
+                        watcher.cancel()
+                    elapsed = time.perf_counter() - t0
+                    latencies = [r[0] for r in results]
+                    errors = sum(not r[1] for r in results)
+                    ordered = sorted(latencies)
+                    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+                    mode = "stateless" if stateless else "stateful"
+                    rows.append(Row(f"Scale: {clients} concurrent clients, {mode} HTTP",
+                                    f"{len(results) / elapsed:.1f} examples/s, p50 {spread(latencies).median:.0f} ms, "
+                                    f"p99 {p99:.0f} ms", "no errors", errors == 0,
+                                    f"{errors} errors; server peak RSS {peak / 2**20:.0f} MiB"))  # fmt: skip
+                proc.terminate()
+                proc.wait(timeout=10)
+    return rows
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+async def memory(tmp: Path, conversations: int = 1000) -> list[Row]:
+    """Resident size idle and after 1,000 conversations."""
+    with standin_process() as (base_url, _):
+        async with stdio_bridge(bridge_env(base_url, tmp)) as (client, server):
+            await client.list_tools()
+            idle = server.memory_info().rss / 2**20
+            samples: list[tuple[int, float]] = []
+            for i in range(1, conversations + 1):
+                result = await client.call_tool("key4u_respond", {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]})
+                assert not result.is_error
+                if i % 100 == 0:
+                    samples.append((i, server.memory_info().rss / 2**20))
+    after = samples[-1][1]
+    tail = samples[2:]  # after warm-up
+    n = len(tail)
+    mean_x = sum(x for x, _ in tail) / n
+    mean_y = sum(y for _, y in tail) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in tail) / sum((x - mean_x) ** 2 for x, _ in tail)
+    per_thousand = slope * 1000
+    return [
+        Row("Memory: resident size idle", f"{idle:.0f} MiB", "< 100 MiB", idle < 100),
+        Row(f"Memory: after {conversations} conversations", f"{after:.0f} MiB; trend {per_thousand:+.1f} MiB per 1,000",
+            "no growth trend", per_thousand < 5.0,
+            "RSS every 100 conversations: " + ", ".join(f"{y:.0f}" for _, y in samples)),
+    ]  # fmt: skip
+
+
+ALL = {"overhead": overhead, "parallelism": parallelism, "startup": startup, "peer": peer, "scale": scale,
+       "memory": memory}  # fmt: skip
+
+
+async def run(names: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="key4u-bench-") as tmp:
+        for name in names:
+            print(f"running {name}...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            rows += await ALL[name](Path(tmp))
+            print(f"  {name} took {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return rows
