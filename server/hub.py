@@ -110,6 +110,7 @@ class Downstream:
     client: Any = None  # an mcp.Client while connected
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
+    _ready: anyio.Event = field(default_factory=anyio.Event)
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
         import httpx2
@@ -146,6 +147,7 @@ class Downstream:
                 self.error = _describe(exc)
                 logger.warning("downstream server %s failed: %s", self.name, self.error)
             self.status, self.client, self.tools = "failed", None, []
+            self._ready = anyio.Event()
             self.failures = 1 if time.monotonic() - started > 120 else self.failures + 1
             delay = min(60.0, 0.5 * 2 ** (self.failures - 1))
             self.next_retry = time.time() + delay
@@ -164,6 +166,7 @@ class Downstream:
             with anyio.fail_after(self.config.startup_timeout):
                 await self._list(client)
             self.client, self.status, self.error, self.next_retry = client, "ready", None, None
+            self._ready.set()
             logger.info("downstream server %s ready with %d tools", self.name, len(self.tools))
             while True:
                 with anyio.move_on_after(ping_interval):
@@ -197,6 +200,12 @@ class Downstream:
         self.tools = tools
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        if self.status != "ready" or self._broken.is_set():
+            # Restarting after a crash or hang: give it a moment before reporting it down.
+            with anyio.move_on_after(min(timeout / 2, 10.0)):
+                while self.status != "ready" or self._broken.is_set():
+                    await self._ready.wait()
+                    await anyio.sleep(0)
         client = self.client
         if client is None or self.status != "ready":
             return _error(f"the MCP server {self.name!r} is unavailable ({self.status}): {self.error or 'starting'}")

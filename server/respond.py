@@ -28,7 +28,7 @@ from server.loop import Loop, LoopLimits, ToolRunner, Toolset, Upstream
 from server.hub import SEPARATOR, Hub
 from server.policy import Mode, Policy
 from server.store import ConversationStore
-from server.translation import NameMap, UnsupportedToolError, cap, to_function_tool
+from server.translation import FunctionSpec, NameMap, UnsupportedToolError, cap, to_function_tool
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class Bridge:
         self.runner = Dispatcher(runner, hub, settings.tool_timeout)
         self.task_group = task_group
         self.jobs: dict[str, Job] = {}
+        self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
         self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout,
                                  conversation_mode=settings.conversation_mode)  # fmt: skip
 
@@ -174,7 +175,8 @@ class Bridge:
                 raise ToolError("prompt is required unless conversation_id is given")
             if args.get("function_outputs"):
                 raise ToolError("function_outputs need the conversation_id of the conversation that asked for them")
-            job = self._start(self._new_conversation(args))
+            conv = self._new_conversation(args)
+            job = self._start(conv, self._toolset(conv))
         return await self._wait(job, progress)
 
     # --- conversations --------------------------------------------------------------------
@@ -183,7 +185,6 @@ class Bridge:
         options = Options(model=args.get("model") or self.settings.model, **self._option_args(args))
         conv = Conversation(options=options)
         conv.items.append({"type": "message", "role": "user", "content": args["prompt"]})
-        self._toolset(conv)  # reject bad tool names and functions before anything is sent
         return conv
 
     @staticmethod
@@ -224,7 +225,7 @@ class Bridge:
         if args.get("model"):
             updates["model"] = args["model"]
         conv.options = conv.options.model_copy(update=updates)
-        self._toolset(conv)
+        tools = self._toolset(conv)  # checked before anything is sent
         if conv.status == "requires_action":
             self._add_function_outputs(conv, args.get("function_outputs") or [])
         elif args.get("function_outputs"):
@@ -233,7 +234,7 @@ class Bridge:
             conv.items.append({"type": "message", "role": "user", "content": args["prompt"]})
         conv.notes, conv.error = [], None
         conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
-        return self._start(conv)
+        return self._start(conv, tools)
 
     def _add_function_outputs(self, conv: Conversation, outputs: list[FunctionOutput]) -> None:
         pending = {p.call_id: p for p in conv.pending_calls}
@@ -268,6 +269,16 @@ class Bridge:
                 available[hub_tool.qualified] = (hub_tool.tool.description, hub_tool.tool.input_schema, hub_tool.mode)
         return available
 
+    def _spec(self, name: str, description: str | None, schema: dict[str, Any], api_name: str) -> FunctionSpec:
+        """``to_function_tool``, remembered: the same tools are offered on every call."""
+        key = (name, description, json.dumps(schema, sort_keys=True), api_name)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) > 1024:
+                self._specs.clear()
+            spec = self._specs[key] = to_function_tool(name, description, schema, api_name)
+        return spec
+
     def _toolset(self, conv: Conversation) -> Toolset:
         opts = conv.options
         available = self._available()
@@ -293,12 +304,12 @@ class Bridge:
         for name in names:
             description, schema, mode = available[name]
             try:
-                tools.add(to_function_tool(name, description, schema, tools.names.to_api[name]), mode)  # type: ignore[arg-type]
+                tools.add(self._spec(name, description, schema, tools.names.to_api[name]), mode)  # type: ignore[arg-type]
             except UnsupportedToolError as exc:
                 logger.warning("%s", exc)
         for f in functions:
             try:
-                tools.add(to_function_tool(f.name, f.description, f.input_schema, tools.names.to_api[f.name]), "return")
+                tools.add(self._spec(f.name, f.description, f.input_schema, tools.names.to_api[f.name]), "return")
             except UnsupportedToolError as exc:
                 raise ToolError(str(exc)) from exc
         choice = opts.tool_choice
@@ -313,7 +324,7 @@ class Bridge:
         job.done.set()
         return job
 
-    def _start(self, conv: Conversation) -> Job:
+    def _start(self, conv: Conversation, tools: Toolset) -> Job:
         if self.hub is not None:
             conv.notes.extend(self.hub.problems())
         job = Job(conv)
@@ -321,7 +332,7 @@ class Bridge:
         conv.status = "in_progress"
         self.store.put(conv)  # other replicas sharing the database see that it runs
         assert self.upstream is not None
-        loop = Loop(upstream=self.upstream(), runner=self.runner, tools=self._toolset(conv), limits=self.limits,
+        loop = Loop(upstream=self.upstream(), runner=self.runner, tools=tools, limits=self.limits,
                     progress=job.notify)  # fmt: skip
 
         async def run() -> None:

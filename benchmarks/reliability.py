@@ -1,0 +1,84 @@
+"""Run the fault matrix and rewrite RELIABILITY.md:  python -m benchmarks.reliability"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from benchmarks.common import REPO, machine
+
+sys.path.insert(0, str(REPO))
+from tests.test_fault_matrix import MODEL_ROWS, UPSTREAM_ROWS  # noqa: E402
+
+SPECIAL = {
+    "test_client_cancel_mid_turn": ("client cancels mid-turn", "the upstream request is dropped; next call works"),
+    "test_connection_refused": ("connection refused", "failed: could not reach the gateway (after 1 retry)"),
+    "test_stdin_closed_mid_call": ("stdin closed mid-call", "the server exits 0 and its upstream request ends"),
+    "test_a_64_mib_request_line": ("a 64 MiB request line", "dropped with a warning, never held whole; next call answered"),
+}
+
+
+def _outcomes(junit: Path) -> dict[str, tuple[str, float]]:
+    results = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        results[case.get("name", "")] = ("fail" if failed else "skipped" if skipped else "pass",
+                                         float(case.get("time", 0)))  # fmt: skip
+    return results
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_fault_matrix.py", f"--junitxml={junit}"],
+                       cwd=REPO, check=False)  # fmt: skip
+        seconds = time.perf_counter() - started
+        outcomes = _outcomes(junit)
+    rows = []
+    for name, _, _, status, fragment, requests in UPSTREAM_ROWS:
+        expected = f"status {status}" + (f", says “{fragment}”" if fragment else "")
+        expected += f", {requests} upstream request(s)" if requests else ""
+        rows.append((name, expected, *outcomes.get(f"test_upstream_fault[{name}]", ("missing", 0.0))))
+    for name, _, _, status, fragment in MODEL_ROWS:
+        expected = f"status {status}; the call outputs or the result say “{fragment}”"
+        rows.append((name, expected, *outcomes.get(f"test_model_or_tool_fault[{name}]", ("missing", 0.0))))
+    for test, (name, expected) in SPECIAL.items():
+        rows.append((name, expected, *outcomes.get(test, ("missing", 0.0))))
+    info = machine()
+    passed = sum(r[2] == "pass" for r in rows)
+    lines = [
+        "# Reliability: the fault matrix",
+        "",
+        "Each row is a test in `tests/test_fault_matrix.py`, run in CI, against the server as MCP hosts run it (a",
+        "stdio subprocess) with the offline stand-in as the gateway and its fault switches, or a misbehaving",
+        "downstream MCP server. Besides the expected result, every row checks that the server answers the next",
+        "call normally, that nothing is left running (no request in flight at the stand-in, no stray child",
+        "process), and that the API key appears in no result and no log line.",
+        "",
+        f"Latest run: {passed} of {len(rows)} rows pass, in {seconds:.0f} s on {time.strftime('%Y-%m-%d')} "
+        f"({info['cpu']}, {info['cores']} cores, Python {info['python']}). Reproduce: "
+        "`.venv/bin/python -m benchmarks.reliability`.",
+        "",
+        "| fault | expected | result | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {expected} | {result} | {secs:.2f} |" for name, expected, result, secs in rows]
+    lines += ["", "Other failure paths have their own tests: every error class and retry rule of the Responses client",
+              "(`tests/server/test_responses_client.py`), downstream servers that never start, crash mid-call, hang or",
+              "change their tools (`tests/server/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
+              "(`tests/server/test_http.py`), property-based tests of the translation",
+              "(`tests/server/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`)."]  # fmt: skip
+    (REPO / "RELIABILITY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if passed != len(rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
