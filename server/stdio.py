@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import threading
 from typing import Any, BinaryIO
+
+if sys.platform != "win32":
+    import fcntl
 
 import anyio
 import anyio.from_thread
@@ -72,6 +76,7 @@ class StdinLines:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            self._receive.close()
             raise StopAsyncIteration from None
 
 
@@ -87,10 +92,49 @@ def _claim_stdin() -> BinaryIO:
     return os.fdopen(private, "rb", closefd=False)
 
 
+class StdoutWriter:
+    """Writes protocol messages to a non-blocking pipe from the event loop itself.
+
+    The SDK's writer hops to a worker thread twice per message (write, flush); a message to a
+    pipe with room in it is written at once here, and a full pipe is waited on without blocking.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+
+    async def write(self, text: str) -> None:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+
+    async def flush(self) -> None:
+        return None
+
+
+def _claim_stdout() -> StdoutWriter | None:
+    """A writer on a private copy of the wire's stdout, with fd 1 pointed at stderr; None where
+    that cannot be done (Windows, or stdout is not a pipe), leaving the SDK's writer in charge."""
+    if sys.platform == "win32":
+        return None
+    try:
+        if not stat.S_ISFIFO(os.fstat(1).st_mode):
+            return None
+        private = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.dup2(2, 1)
+    except OSError:
+        return None
+    return StdoutWriter(private)
+
+
 async def serve_stdio(server: MCPServer[Any]) -> None:
     """Serve ``server`` on this process's stdin/stdout until EOF or cancellation."""
     lines = StdinLines(_claim_stdin())
-    async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+    writer = _claim_stdout()
+    async with stdio_server(stdin=lines, stdout=writer) as (read_stream, write_stream):  # type: ignore[arg-type]
         # MCPServer.run_stdio_async() offers no way to pass our stdin; this is its body.
         lowlevel = server._lowlevel_server  # noqa: SLF001
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
