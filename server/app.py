@@ -17,8 +17,8 @@ from pydantic import Field
 
 from server import __version__
 from server.config import Settings
-from server.hub import Hub, load_hub_config
 from server.local_tools import register_local_tools
+from server.policy import Policy
 from server.respond import (
     DESCRIPTION,
     TOOL_NAME,
@@ -89,14 +89,20 @@ def _lifespan(settings: Settings) -> Any:
         store = ConversationStore(settings.database, max_conversations=settings.max_conversations,
                                   max_age_days=settings.max_age_days)  # fmt: skip
         tools = [LocalTool(t.name, t.description, t.input_schema) for t in await server.list_tools()]
-        hub_config, _ = load_hub_config(settings.mcp_servers)
-        hub = Hub(hub_config) if hub_config.servers else None
+        hub = None
+        local_policy = Policy()
+        if settings.servers_file is not None:  # imported only when there are servers to run
+            from server.hub import Hub, load_hub_config
+
+            hub_config, _ = load_hub_config(settings.servers_file)
+            hub = Hub(hub_config) if hub_config.servers else None
+            local_policy = hub_config.local_tools
         try:
             async with anyio.create_task_group() as tg:
                 if hub is not None:
                     hub.start(tg)
                 bridge = Bridge(settings, upstream.get if upstream else None, store, tools,
-                                LocalToolRunner(server.call_tool), tg, hub=hub, local_policy=hub_config.local_tools)  # fmt: skip
+                                LocalToolRunner(server.call_tool), tg, hub=hub, local_policy=local_policy)  # fmt: skip
                 yield AppState(bridge=bridge)
                 await bridge.aclose()
                 tg.cancel_scope.cancel()

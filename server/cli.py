@@ -101,11 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     command = args.command or "serve"
-    if command == "serve":
+    if command == "serve" and settings.servers_file is not None:
         from server.hub import load_hub_config
 
         try:
-            load_hub_config(settings.mcp_servers)
+            load_hub_config(settings.servers_file)
         except ValueError as exc:
             print(f"key4u-mcp: {exc}", file=sys.stderr)
             return 2

@@ -109,12 +109,25 @@ class Settings(BaseSettings):
         return Path(platformdirs.user_state_dir("key4u-mcp", appauthor=False)) / "conversations.sqlite3"
 
     @property
+    def servers_file(self) -> Path | None:
+        """The downstream MCP servers file in use, if any."""
+        if self.mcp_servers is not None:
+            return self.mcp_servers
+        default = default_servers_file()
+        return default if default.exists() else None
+
+    @property
     def has_key(self) -> bool:
         return self.api_key is not None
 
     def secrets(self) -> list[str]:
         """Values that must never be printed or logged."""
         return [s.get_secret_value() for s in (self.api_key, self.mcp_token) if s is not None]
+
+
+def default_servers_file() -> Path:
+    """Where the downstream MCP servers file is looked for when KEY4U_MCP_SERVERS is not set."""
+    return Path(platformdirs.user_config_dir("key4u-mcp", appauthor=False)) / "servers.json"
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:

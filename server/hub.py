@@ -24,19 +24,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import platformdirs
 from anyio.abc import TaskGroup
 from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.policy import Mode, Policy
+from server.config import default_servers_file
+from server.policy import SEPARATOR, Mode, Policy
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger(__name__)
 
-SEPARATOR = "__"
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -78,13 +77,9 @@ class HubConfig(BaseModel):
         return self
 
 
-def default_config_path() -> Path:
-    return Path(platformdirs.user_config_dir("key4u-mcp", appauthor=False)) / "servers.json"
-
-
 def load_hub_config(path: Path | None) -> tuple[HubConfig, Path | None]:
     """The configuration at ``path`` (or the default place, if a file is there)."""
-    chosen = path or default_config_path()
+    chosen = path or default_servers_file()
     if path is None and not chosen.exists():
         return HubConfig(), None
     try:

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["run", "return", "hidden"]
 
+#: Joins a downstream server's name and its tool's name: ``<server>__<tool>``.
+SEPARATOR = "__"
+
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")

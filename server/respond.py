@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -24,11 +24,15 @@ from server.config import Settings
 from server.conversation import Conversation, Options, PendingCall, Status, ToolCallTrace, UsageTotals
 from server.errors import BridgeError
 from server.logs import mask
-from server.loop import Loop, LoopLimits, ToolRunner, Toolset, Upstream
-from server.hub import SEPARATOR, Hub
-from server.policy import Mode, Policy
+from server.policy import SEPARATOR, Mode, Policy
 from server.store import ConversationStore
-from server.translation import FunctionSpec, NameMap, UnsupportedToolError, cap, to_function_tool
+
+if TYPE_CHECKING:
+    # The loop machinery is imported where it is first used, not at start-up: hosts start
+    # every configured server at launch, and this module is on the way to ``initialize``.
+    from server.hub import Hub
+    from server.loop import LoopLimits, ToolRunner, Toolset, Upstream
+    from server.translation import FunctionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +158,7 @@ class Bridge:
         self.task_group = task_group
         self.jobs: dict[str, Job] = {}
         self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
-        self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout,
-                                 conversation_mode=settings.conversation_mode)  # fmt: skip
+        self._limits: LoopLimits | None = None
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -269,8 +272,20 @@ class Bridge:
                 available[hub_tool.qualified] = (hub_tool.tool.description, hub_tool.tool.input_schema, hub_tool.mode)
         return available
 
+    @property
+    def limits(self) -> LoopLimits:
+        if self._limits is None:
+            from server.loop import LoopLimits
+
+            s = self.settings
+            self._limits = LoopLimits(concurrency=s.tool_concurrency, call_timeout=s.tool_timeout,
+                                      conversation_mode=s.conversation_mode)  # fmt: skip
+        return self._limits
+
     def _spec(self, name: str, description: str | None, schema: dict[str, Any], api_name: str) -> FunctionSpec:
         """``to_function_tool``, remembered: the same tools are offered on every call."""
+        from server.translation import to_function_tool
+
         key = (name, description, json.dumps(schema, sort_keys=True), api_name)
         spec = self._specs.get(key)
         if spec is None:
@@ -280,6 +295,9 @@ class Bridge:
         return spec
 
     def _toolset(self, conv: Conversation) -> Toolset:
+        from server.loop import Toolset
+        from server.translation import NameMap, UnsupportedToolError
+
         opts = conv.options
         available = self._available()
         names = list(available) if opts.tools is None else opts.tools
@@ -325,6 +343,8 @@ class Bridge:
         return job
 
     def _start(self, conv: Conversation, tools: Toolset) -> Job:
+        from server.loop import Loop
+
         if self.hub is not None:
             conv.notes.extend(self.hub.problems())
         job = Job(conv)
@@ -419,6 +439,8 @@ def render(result: RespondResult, limit: int) -> str:
 
 def to_call_result(result: RespondResult, limit: int) -> CallToolResult:
     structured = result.model_dump(mode="json")
+    from server.translation import cap
+
     structured["text"] = cap(structured["text"], limit)
     return CallToolResult(
         content=[TextContent(type="text", text=render(result, limit))],

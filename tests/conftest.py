@@ -19,10 +19,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No test reads the developer's keys, gateway or .env file."""
+    """No test reads the developer's keys, gateway, .env file, servers file or database."""
     for name in list(os.environ):
         if name.startswith(("KEY4U_", "OPENAI_")):
             monkeypatch.delenv(name)
+    # Nor the user's own servers file or conversation database.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     yield
 
