@@ -181,6 +181,11 @@ def _register_respond(server: MCPServer[AppState], settings: Settings) -> None:
 
 
 def build_server(settings: Settings) -> MCPServer[AppState]:
+    middleware: list[Any] = []
+    if settings.proxy:
+        from server.proxy import ProxyMiddleware
+
+        middleware.append(ProxyMiddleware(settings.tool_timeout))
     server: MCPServer[AppState] = MCPServer(
         "key4u-mcp",
         title="Key4U MCP bridge",
@@ -189,6 +194,7 @@ def build_server(settings: Settings) -> MCPServer[AppState]:
         website_url="https://api.key4u.shop",
         log_level=settings.log_level,
         lifespan=_lifespan(settings),
+        middleware=middleware,
     )
     register_local_tools(server)
     _register_respond(server, settings)

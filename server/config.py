@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     )
     mcp_servers: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
                                      description="An mcpServers JSON file of downstream MCP servers.")  # fmt: skip
+    proxy: bool = Field(default=False, validation_alias=AliasChoices("KEY4U_PROXY", "proxy"),
+                        description="Also offer downstream servers' tools to this server's own MCP client.")  # fmt: skip
     mcp_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_TOKEN", "mcp_token"),
                                         description="Bearer token the HTTP transport requires.")  # fmt: skip
     mcp_allowed_hosts: str | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_HOSTS", "mcp_allowed_hosts"))  # fmt: skip

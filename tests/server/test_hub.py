@@ -202,3 +202,21 @@ def test_policy_rules() -> None:
     assert policy.mode_for("read_secret_key", read_only=True) == "hidden"
     assert policy.mode_for("write_file", read_only=True) == "hidden"
     assert policy.mode_for("read_big", read_only=True) == "return"
+
+
+async def test_proxy_mode_offers_downstream_tools_to_the_client_itself(standin: StandIn, tmp_path: Path) -> None:
+    servers = write_servers(tmp_path, {"notes": stdio_entry(deny=["crash", "hang"], modes={"write_note": "hidden"})})
+    settings = settings_for(standin.base_url, tmp_path, mcp_servers=servers, proxy=True)
+    async with bridge_client(settings) as client:
+        with anyio.fail_after(20):
+            while "notes__echo" not in {t.name for t in (await client.list_tools()).tools}:
+                await anyio.sleep(0.05)
+        names = {t.name for t in (await client.list_tools()).tools}
+        echoed = await client.call_tool("notes__echo", {"message": "direct"})
+        denied = await client.call_tool("notes__crash", {})
+        local = await client.call_tool("math_calculator", {"operation": "add", "a": 1, "b": 2})
+    assert {"notes__echo", "math_calculator", "key4u_respond"} <= names
+    assert "notes__crash" not in names and "notes__write_note" not in names
+    assert not echoed.is_error and "echo: direct" in text_of(echoed)
+    assert denied.is_error and "Unknown tool" in text_of(denied)
+    assert not local.is_error
