@@ -234,6 +234,44 @@ async def _http_example(url: str) -> tuple[float, bool]:
     return (time.perf_counter() - t0) * 1000, ok
 
 
+async def _load(url: str, server: psutil.Process, clients: int) -> tuple[list[tuple[float, bool]], float, int, float]:
+    """``clients`` concurrent clients each running the example once: results, seconds, peak RSS, CPU share."""
+    results: list[tuple[float, bool]] = []
+    peak = server.memory_info().rss
+    cpu_before = cpu_seconds(server)
+
+    async def one() -> None:
+        results.append(await _http_example(url))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as watcher:
+
+        async def watch_memory() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, server.memory_info().rss)
+                await anyio.sleep(0.05)
+
+        watcher.start_soon(watch_memory)
+        async with anyio.create_task_group() as load:
+            for _ in range(clients):
+                load.start_soon(one)
+        watcher.cancel_scope.cancel()
+    elapsed = time.perf_counter() - t0
+    return results, elapsed, peak, (cpu_seconds(server) - cpu_before) / elapsed
+
+
+async def _wait_healthy(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    await http.get(url.replace("/mcp", "/healthz"), timeout=1)
+                    return
+                except httpx.HTTPError:
+                    await anyio.sleep(0.1)
+
+
 async def scale(tmp: Path) -> list[Row]:
     """The HTTP transport under 50 and 200 concurrent clients, stateful and stateless."""
     rows = []
@@ -242,55 +280,21 @@ async def scale(tmp: Path) -> list[Row]:
             port = 18500 + int(stateless)
             args = [script(), "--transport", "http", "--port", str(port)] + (["--stateless"] if stateless else [])
             env = bridge_env(base_url, tmp, KEY4U_DB_PATH=str(tmp / f"scale-{stateless}.sqlite3"))
-            with subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL) as proc:
-                server = psutil.Process(proc.pid)
+            with subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL) as proc:  # noqa: ASYNC220 - a benchmark's own server
                 url = f"http://127.0.0.1:{port}/mcp"
-                with anyio.fail_after(30):
-                    while True:
-                        try:
-                            httpx.get(url.replace("/mcp", "/healthz"), timeout=1)
-                            break
-                        except httpx.HTTPError:
-                            await anyio.sleep(0.1)
+                await _wait_healthy(url)
                 for clients in (50, 200):
-                    peak = server.memory_info().rss
-                    cpu_before = cpu_seconds(server)
-                    results: list[tuple[float, bool]] = []
-
-                    async def one() -> None:
-                        results.append(await _http_example(url))
-
-                    async def watch_memory(scope: anyio.CancelScope) -> None:
-                        nonlocal peak
-                        while True:
-                            peak = max(peak, server.memory_info().rss)
-                            await anyio.sleep(0.05)
-
-                    t0 = time.perf_counter()
-                    async with anyio.create_task_group() as tg:
-                        watcher = anyio.CancelScope()
-
-                        async def run_watch() -> None:
-                            with watcher:
-                                await watch_memory(watcher)
-
-                        tg.start_soon(run_watch)
-                        async with anyio.create_task_group() as load:
-                            for _ in range(clients):
-                                load.start_soon(one)
-                        watcher.cancel()
-                    elapsed = time.perf_counter() - t0
-                    latencies = [r[0] for r in results]
+                    results, elapsed, peak, cpu_share = await _load(url, psutil.Process(proc.pid), clients)
+                    latencies = sorted(r[0] for r in results)
                     errors = sum(not r[1] for r in results)
-                    ordered = sorted(latencies)
-                    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+                    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
                     mode = "stateless" if stateless else "stateful"
                     rows.append(Row(f"Scale: {clients} concurrent clients, {mode} HTTP",
                                     f"{len(results) / elapsed:.1f} examples/s, p50 {spread(latencies).median:.0f} ms, "
                                     f"p99 {p99:.0f} ms", "no errors", errors == 0,
                                     f"{errors} errors; server peak RSS {peak / 2**20:.0f} MiB; server CPU "
-                                    f"{(cpu_seconds(server) - cpu_before) / elapsed:.0%} of one core (the load "
-                                    "generator, the stand-in and the server share the machine's cores)"))  # fmt: skip
+                                    f"{cpu_share:.0%} of one core (the load generator, the stand-in and the server "
+                                    "share the machine's cores)"))  # fmt: skip
                 proc.terminate()
                 proc.wait(timeout=10)
     return rows

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -200,7 +201,7 @@ class Downstream:
             with anyio.move_on_after(min(timeout / 2, 10.0)):
                 while self.status != "ready" or self._broken.is_set():
                     await self._ready.wait()
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
         client = self.client
         if client is None or self.status != "ready":
             return _error(f"the MCP server {self.name!r} is unavailable ({self.status}): {self.error or 'starting'}")

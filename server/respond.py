@@ -365,10 +365,9 @@ class Bridge:
                 logger.exception("conversation %s crashed", conv.id)
                 conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"
             finally:
-                with anyio.CancelScope(shield=True):
-                    self.store.put(conv)
-                    self.jobs.pop(conv.id, None)
-                    job.done.set()
+                self.store.put(conv)
+                self.jobs.pop(conv.id, None)
+                job.done.set()
 
         self.task_group.start_soon(run)
         return job
