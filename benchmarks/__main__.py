@@ -18,7 +18,9 @@ def render(rows: list[Row], seconds: float) -> str:
         "",
         "Every figure is measured side by side in one run (ratios or differences against a baseline run in the",
         "same loop), with the median and the interquartile range over repeated runs. The upstream is the offline",
-        "stand-in of `/v1/responses` on loopback, in its own process.",
+        "stand-in of `/v1/responses` on loopback, in its own process. These machines are shared 2-core VMs:",
+        "absolute times move by a factor of two between runs (the direct POST baseline with them), ratios",
+        "much less; the overhead row, a difference of milliseconds, moves the most (1.2 to 3.4 ms in recent runs).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['os']}, "
         f"Python {info['python']}. Run took {seconds:.0f} s on {time.strftime('%Y-%m-%d')}.",
