@@ -184,6 +184,12 @@ class ResponsesClient:
                     continue
                 if final is not None:
                     continue  # read past the terminal event so the connection can be reused
+                if sse.event == "response.output_text.delta":
+                    # The most frequent event, and the final text arrives whole later: not parsed.
+                    events += 1
+                    if on_event is not None:
+                        await on_event(sse.event, {})
+                    continue
                 try:
                     data = json.loads(data_text)
                 except ValueError as exc:
