@@ -100,7 +100,7 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
                                                             "args": ["-m", "benchmarks.slow_server"]}}}))  # fmt: skip
     rows = []
     with standin_process() as (base_url, _):
-        env = bridge_env(base_url, tmp, KEY4U_MCP_SERVERS=str(servers), KEY4U_TOOL_CONCURRENCY="16")
+        env = bridge_env(base_url, tmp, KEY4U_MCP_SERVERS=str(servers))
         async with stdio_bridge(env) as (client, _):
             for count in (1, 4, 16):
                 names = [f"slow__slow_{i}" for i in range(count)]

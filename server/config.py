@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     deadline: float = Field(default=50.0, gt=0, validation_alias=AliasChoices("KEY4U_DEADLINE", "deadline"),
                             description="Seconds before key4u_respond returns in_progress and keeps working.")  # fmt: skip
     tool_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("KEY4U_TOOL_TIMEOUT", "tool_timeout"))
-    tool_concurrency: int = Field(default=8, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency"))  # fmt: skip
+    tool_concurrency: int = Field(default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency"))  # fmt: skip
     max_result_chars: int = Field(default=60_000, ge=1000, validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
                                   description="Cap on the text key4u_respond returns (hosts cap tool results).")  # fmt: skip
     conversation_mode: Literal["replay", "previous_response_id"] = Field(

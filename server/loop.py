@@ -56,7 +56,7 @@ class Toolset:
 
 @dataclass(frozen=True)
 class LoopLimits:
-    concurrency: int = 8
+    concurrency: int = 16
     call_timeout: float = 60.0
     output_chars: int = 100_000
     conversation_mode: Literal["replay", "previous_response_id"] = "replay"
