@@ -27,16 +27,24 @@ CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_at);
 
 class ConversationStore:
     def __init__(self, path: Path | str, *, max_conversations: int = 1000, max_age_days: float = 30) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         self.max_conversations = max_conversations
         self.max_age = max_age_days * 86400
         self._saves = 0
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use: a server that never runs a conversation never makes the file."""
+        if self._conn is None:
+            if str(self.path) != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
 
     def get(self, conversation_id: str) -> Conversation | None:
         row = self._db.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
@@ -64,4 +72,6 @@ class ConversationStore:
         return int(self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
