@@ -26,6 +26,18 @@ def mock_client(handler: Callable[[httpx.Request], httpx.Response], *, stream: b
     return ResponsesClient(http, base_url="https://gw.test/v1", api_key=FAKE_KEY, stream=stream, retry=retry)
 
 
+class Counted:
+    """A MockTransport handler that counts requests and answers the n-th (from 1) with ``reply(n)``."""
+
+    def __init__(self, reply: Callable[[int], httpx.Response]) -> None:
+        self.reply = reply
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return self.reply(self.calls)
+
+
 def envelope(message: str, code: str | None = None, type_: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": "", "code": code}}
 
@@ -77,16 +89,11 @@ async def test_sends_bearer_key_and_parses_leniently() -> None:
 async def test_non_retryable_statuses_map_to_typed_errors_once(
     status: int, body: dict[str, Any], error_class: type[Exception], fragment: str
 ) -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(status, json=body)
+    handler = Counted(lambda n: httpx.Response(status, json=body))
 
     with pytest.raises(error_class) as caught:
         await mock_client(handler).create(BODY)
-    assert calls == 1
+    assert handler.calls == 1
     assert fragment in str(caught.value)
     assert FAKE_KEY not in str(caught.value)
     assert caught.value.hint  # type: ignore[attr-defined]
@@ -103,56 +110,38 @@ async def test_request_id_suffix_is_split_off() -> None:
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 async def test_retryable_statuses_are_retried_then_succeed(status: int) -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            return httpx.Response(status, json=envelope("try later"), headers={"retry-after-ms": "10"})
-        return httpx.Response(200, json=ok_response())
+    handler = Counted(
+        lambda n: httpx.Response(status, json=envelope("try later"), headers={"retry-after-ms": "10"})
+        if n < 3
+        else httpx.Response(200, json=ok_response())
+    )
 
     assert (await mock_client(handler).create(BODY)).text() == "hi"
-    assert calls == 3
+    assert handler.calls == 3
 
 
 async def test_retries_stop_after_max_retries() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(503, text="<html>Service Unavailable</html>", headers={"retry-after": "0.01"})
+    handler = Counted(lambda n: httpx.Response(503, text="<html>Service Unavailable</html>", headers={"retry-after": "0.01"}))
 
     with pytest.raises(errors.ServerError, match="Service Unavailable"):
         await mock_client(handler).create(BODY)
-    assert calls == 3
+    assert handler.calls == 3
 
 
 async def test_x_should_retry_header_overrides_the_status_rule() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(500, json=envelope("no"), headers={"x-should-retry": "false"})
+    handler = Counted(lambda n: httpx.Response(500, json=envelope("no"), headers={"x-should-retry": "false"}))
 
     with pytest.raises(errors.ServerError):
         await mock_client(handler).create(BODY)
-    assert calls == 1
+    assert handler.calls == 1
 
 
 async def test_a_retry_after_longer_than_the_cap_is_reported_not_waited() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(429, json=envelope("Rate limit reached"), headers={"retry-after": "3600"})
+    handler = Counted(lambda n: httpx.Response(429, json=envelope("Rate limit reached"), headers={"retry-after": "3600"}))
 
     with pytest.raises(errors.RateLimitError) as caught:
         await mock_client(handler).create(BODY)
-    assert calls == 1 and caught.value.retry_after == 3600
+    assert handler.calls == 1 and caught.value.retry_after == 3600
 
 
 def test_retry_after_parses_milliseconds_seconds_and_http_dates() -> None:
@@ -165,16 +154,14 @@ def test_retry_after_parses_milliseconds_seconds_and_http_dates() -> None:
 
 
 async def test_connection_errors_are_retried_and_then_reported() -> None:
-    calls = 0
+    def refuse(n: int) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        raise httpx.ConnectError("connection refused", request=request)
+    handler = Counted(refuse)
 
     with pytest.raises(errors.UpstreamConnectionError, match="refused"):
         await mock_client(handler, retry=RetryPolicy(max_retries=1, max_wait=1, budget=10)).create(BODY)
-    assert calls == 2
+    assert handler.calls == 2
 
 
 async def test_timeouts_map_to_upstream_timeout() -> None:
@@ -186,16 +173,11 @@ async def test_timeouts_map_to_upstream_timeout() -> None:
 
 
 async def test_the_time_budget_bounds_retries() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(503, json=envelope("busy"), headers={"retry-after": "2"})
+    handler = Counted(lambda n: httpx.Response(503, json=envelope("busy"), headers={"retry-after": "2"}))
 
     with pytest.raises(errors.ServerError):
         await mock_client(handler, retry=RetryPolicy(max_retries=5, max_wait=5, budget=1.0)).create(BODY)
-    assert calls == 1
+    assert handler.calls == 1
 
 
 async def test_malformed_json_and_200_with_error_object() -> None:
@@ -212,8 +194,12 @@ async def test_malformed_json_and_200_with_error_object() -> None:
 CALL_ITEM = {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "math_calculator", "arguments": ""}
 
 
+def sse_response(*events: dict[str, Any] | str) -> httpx.Response:
+    return httpx.Response(200, content=sse(*events), headers={"content-type": "text/event-stream"})
+
+
 def stream_reply(*events: dict[str, Any] | str) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: httpx.Response(200, content=sse(*events), headers={"content-type": "text/event-stream"})
+    return lambda request: sse_response(*events)
 
 
 async def test_stream_accumulates_items_by_output_index_and_survives_gateway_habits() -> None:
@@ -247,16 +233,11 @@ async def test_output_item_done_is_authoritative() -> None:
 
 
 async def test_stream_without_terminal_event_is_a_failure_and_not_retried() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return stream_reply({"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM})(request)
+    handler = Counted(lambda n: sse_response({"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM}))
 
     with pytest.raises(errors.MalformedResponseError, match="without a terminal event"):
         await mock_client(handler, stream=True).create(BODY)
-    assert calls == 1
+    assert handler.calls == 1
 
 
 async def test_error_event_mid_stream_is_a_stream_error() -> None:
