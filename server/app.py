@@ -74,7 +74,8 @@ class SharedUpstream:
             )
             self._client = ResponsesClient(self._http, base_url=s.base_url, api_key=s.api_key.get_secret_value(),
                                            stream=s.stream, retry=RetryPolicy(max_retries=s.max_retries,
-                                                                              max_wait=s.retry_max_wait))  # fmt: skip
+                                                                              max_wait=s.retry_max_wait,
+                                                                              budget=s.retry_budget))  # fmt: skip
         return self._client
 
     async def aclose(self) -> None:

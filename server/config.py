@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     timeout: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("KEY4U_TIMEOUT", "timeout"),
                            description="Seconds to wait for the gateway's reply (between stream events).")  # fmt: skip
     max_retries: int = Field(default=2, ge=0, le=10, validation_alias=AliasChoices("KEY4U_MAX_RETRIES", "max_retries"))
+    retry_budget: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("KEY4U_RETRY_BUDGET", "retry_budget"),
+                                description="Seconds one request may take across all its attempts and waits.")  # fmt: skip
     retry_max_wait: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("KEY4U_RETRY_MAX_WAIT", "retry_max_wait"),
                                   description="Longest Retry-After honoured; a longer one is reported, not waited.")  # fmt: skip
 

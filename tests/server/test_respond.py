@@ -248,3 +248,26 @@ async def test_long_answers_are_capped_with_a_pointer_to_the_transcript(standin:
         out, text, _ = await respond(client, prompt=KEY4U_PROMPT)
     assert "truncated" in text and out["transcript"] in text
     assert len(text) < 1500
+
+
+async def test_previous_response_id_mode_sends_only_new_items(standin: StandIn, tmp_path: Path) -> None:
+    settings = settings_for(standin.base_url, tmp_path, conversation_mode="previous_response_id")
+    async with bridge_client(settings) as client:
+        out, text, _ = await respond(client, prompt="Calculate 2 + 3", tools=["math_calculator"])
+        again, _, _ = await respond(client, conversation_id=out["conversation_id"], prompt="and now 4 * 5")
+    assert out["status"] == "completed" and "2 + 3 = 5" in text
+    assert again["status"] == "completed"
+    first, second, third = standin.requests[:3]
+    assert first["store"] is True and "previous_response_id" not in first
+    # Turn 2 continues turn 1 at the gateway: only the call's output is sent, not the history.
+    assert second["previous_response_id"] and [i["type"] for i in second["input"]] == ["function_call_output"]
+    assert third["input"] == [{"type": "message", "role": "user", "content": "and now 4 * 5"}]
+
+
+async def test_the_retry_budget_setting_bounds_retries(standin: StandIn, tmp_path: Path) -> None:
+    standin.faults = Faults(status=503, retry_after="2")
+    settings = settings_for(standin.base_url, tmp_path, max_retries=5, retry_budget=1.0)
+    async with bridge_client(settings) as client:
+        out, text, is_error = await respond(client, prompt="hello")
+    assert is_error and "HTTP 503" in text
+    assert len(standin.requests) == 1  # a 2 s wait would pass the 1 s budget: reported at once
