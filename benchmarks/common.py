@@ -18,14 +18,9 @@ import psutil
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
-KEY4U_PROMPT = (
-    "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
-    "2. View system information (operating system, memory, etc.)\n3. Calculate the result of 123.5 + 456.7 for me\n"
-    "4. Generate 3 random numbers between 1 and 100\n\n"
-    "This is a parallel tool call test, please execute these tasks simultaneously."
-)
 
 
 def script() -> str:

@@ -22,7 +22,6 @@ from mcp.client.streamable_http import streamable_http_client
 
 from benchmarks.common import (
     KEY,
-    KEY4U_PROMPT,
     REPO,
     bridge_env,
     cpu_seconds,
@@ -31,6 +30,7 @@ from benchmarks.common import (
     standin_process,
     stdio_bridge,
 )
+from server.demo import KEY4U_PROMPT
 
 
 @dataclass

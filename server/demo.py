@@ -45,9 +45,8 @@ class Printer:
     def __init__(self, secrets: list[str]) -> None:
         self._secrets = secrets
 
-    def __call__(self, text: str = "", *, end: str = "\n") -> None:
-        sys.stdout.write(mask(text, self._secrets) + end)
-        sys.stdout.flush()
+    def __call__(self, text: str = "") -> None:
+        print(mask(text, self._secrets), flush=True)
 
 
 def server_parameters(env: dict[str, str] | None = None) -> StdioServerParameters:

@@ -42,14 +42,14 @@ def is_loopback(host: str) -> bool:
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <token>`` on every HTTP request but ``/healthz``."""
+    """Requires ``Authorization: Bearer <token>`` on every HTTP request (``Health``, outside it, answers ``/healthz``)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")

@@ -16,7 +16,17 @@ from mcp.types import CallToolResult
 
 from server.conversation import Conversation, PendingCall, ToolCallTrace
 from server.errors import UpstreamError
-from server.translation import ArgumentError, FunctionSpec, NameMap, error_output, parse_arguments, result_to_output
+from server.translation import (
+    MAX_OUTPUT_CHARS,
+    ArgumentError,
+    FunctionSpec,
+    NameMap,
+    StrictSchemaError,
+    error_output,
+    parse_arguments,
+    result_to_output,
+    strictify,
+)
 from server.wire import FunctionCall, ResponseObject
 
 logger = logging.getLogger(__name__)
@@ -58,7 +68,7 @@ class Toolset:
 class LoopLimits:
     concurrency: int = 16
     call_timeout: float = 60.0
-    output_chars: int = 100_000
+    output_chars: int = MAX_OUTPUT_CHARS
     conversation_mode: Literal["replay", "previous_response_id"] = "replay"
 
 
@@ -118,8 +128,6 @@ def build_request(conv: Conversation, tools: Toolset, limits: LoopLimits) -> dic
 
 
 def _strict_format(schema: dict[str, Any]) -> bool:
-    from server.translation import StrictSchemaError, strictify
-
     try:
         return strictify(schema) == schema
     except (StrictSchemaError, RecursionError):

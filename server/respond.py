@@ -22,7 +22,6 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from server.config import Settings
 from server.conversation import Conversation, Options, PendingCall, Status, ToolCallTrace, UsageTotals
-from server.errors import BridgeError
 from server.logs import mask
 from server.policy import SEPARATOR, Mode, Policy
 from server.store import ConversationStore
@@ -460,4 +459,4 @@ def transcript(conv: Conversation) -> str:
 
 
 
-__all__ = ["Bridge", "BridgeError", "FunctionDefinition", "FunctionOutput", "RespondResult", "to_call_result"]
+__all__ = ["Bridge", "FunctionDefinition", "FunctionOutput", "RespondResult", "to_call_result"]

@@ -13,12 +13,6 @@ from server.app import build_server
 from server.config import Settings
 from tests.conftest import FAKE_KEY
 
-KEY4U_PROMPT = (
-    "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
-    "2. View system information (operating system, memory, etc.)\n3. Calculate the result of 123.5 + 456.7 for me\n"
-    "4. Generate 3 random numbers between 1 and 100\n\n"
-    "This is a parallel tool call test, please execute these tasks simultaneously."
-)
 LOCAL_TOOLS = {"current_time", "system_info", "math_calculator", "random_generator"}
 
 

@@ -26,7 +26,7 @@ from mcp.client.stdio import stdio_client
 from server.standin import Faults, StandIn, http_date
 from tests.conftest import FAKE_KEY
 from tests.helpers import text_of
-from tests.server.test_stdio import script
+from tests.server.test_stdio import INITIALIZE, _raw_session, script
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
@@ -200,14 +200,6 @@ async def test_connection_refused(tmp_path: Path) -> None:
     assert FAKE_KEY not in text_of(result) + (tmp_path / "err").read_text()
 
 
-def _raw(*messages: dict[str, Any]) -> bytes:
-    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
-
-
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}  # fmt: skip
-
-
 async def test_stdin_closed_mid_call(tmp_path: Path) -> None:
     with StandIn() as upstream:
         upstream.faults = Faults(first_byte_delay=30)
@@ -218,7 +210,7 @@ async def test_stdin_closed_mid_call(tmp_path: Path) -> None:
             assert proc.stdin is not None and proc.stdout is not None
             call_msg = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                         "params": {"name": "key4u_respond", "arguments": {"prompt": "hello"}}}  # fmt: skip
-            await proc.stdin.send(_raw(INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg))
+            await proc.stdin.send(_raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg))
             with anyio.fail_after(30):
                 while not upstream.state.active:  # the call reached the gateway
                     await anyio.sleep(0.02)
@@ -234,12 +226,12 @@ async def test_a_64_mib_request_line(tmp_path: Path) -> None:
     env = {**os.environ, "KEY4U_DB_PATH": str(tmp_path / "db")}
     huge = (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"math_calculator","arguments":'
             b'{"operation":"' + b"x" * (64 * 1024 * 1024) + b'"}}}\n')  # fmt: skip
-    after = _raw({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+    after = _raw_session({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
                   "params": {"name": "math_calculator", "arguments": {"operation": "add", "a": 1, "b": 2}}})  # fmt: skip
     async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, env=env) as proc:  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        await proc.stdin.send(_raw(INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        await proc.stdin.send(_raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
         await proc.stdin.send(huge)
         await proc.stdin.send(after)
         received = b""

@@ -19,11 +19,10 @@ from server.errors import ConfigError
 from server.http import build_http_app, is_loopback
 from server.standin import StandIn
 from tests.helpers import settings_for, text_of
+from tests.server.test_stdio import INITIALIZE
 
 pytestmark = pytest.mark.anyio
 TOKEN = "mcp-token-for-tests-0123456789"
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
@@ -55,7 +54,7 @@ async def test_tools_over_http(standin: StandIn, tmp_path: Path) -> None:
 async def test_a_token_is_required_when_set_and_checked(standin: StandIn, tmp_path: Path) -> None:
     with http_bridge(settings_for(standin.base_url, tmp_path, mcp_token=TOKEN)) as url:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-            reply = httpx.post(url, json=INIT, headers={**MCP_HEADERS, **headers})
+            reply = httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers})
             assert reply.status_code == 401 and reply.headers["www-authenticate"].startswith("Bearer")
             assert TOKEN not in reply.text
         assert httpx.get(url.replace("/mcp", "/healthz")).json() == {"status": "ok"}
@@ -74,12 +73,12 @@ def test_non_loopback_binding_requires_a_token(tmp_path: Path) -> None:
 def test_host_origin_and_size_checks(tmp_path: Path) -> None:
     settings = settings_for("http://127.0.0.1:9/v1", tmp_path, mcp_max_request_bytes=2048)
     with http_bridge(settings) as url:
-        assert httpx.post(url, json=INIT, headers={**MCP_HEADERS, "Host": "evil.example"}).status_code == 421
-        assert httpx.post(url, json=INIT, headers={**MCP_HEADERS, "Origin": "http://evil.example"}).status_code == 403
-        assert httpx.post(url, json=INIT, headers={**MCP_HEADERS, "Origin": "http://localhost:3000"}).status_code == 200
-        big = {**INIT, "params": {**INIT["params"], "padding": "x" * 10_000}}  # type: ignore[dict-item]
+        assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Host": "evil.example"}).status_code == 421
+        assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://evil.example"}).status_code == 403
+        assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://localhost:3000"}).status_code == 200
+        big = {**INITIALIZE, "params": {**INITIALIZE["params"], "padding": "x" * 10_000}}  # type: ignore[dict-item]
         assert httpx.post(url, json=big, headers=MCP_HEADERS).status_code == 413
-        assert httpx.post(url, json=INIT, headers=MCP_HEADERS).status_code == 200  # still serving
+        assert httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 200  # still serving
 
 
 async def test_stateless_replicas_share_one_conversation(standin: StandIn, tmp_path: Path) -> None:

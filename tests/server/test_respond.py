@@ -13,7 +13,8 @@ from mcp import Client
 
 from server.standin import LABEL, Faults, StandIn
 from tests.conftest import FAKE_KEY
-from tests.helpers import KEY4U_PROMPT, LOCAL_TOOLS, bridge_client, settings_for, text_of
+from server.demo import KEY4U_PROMPT
+from tests.helpers import LOCAL_TOOLS, bridge_client, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
 

@@ -137,7 +137,7 @@ def test_invalid_setting_is_named_without_echoing_the_key() -> None:
 
 async def test_key4u_respond_over_stdio_against_a_real_upstream(tmp_path: Path) -> None:
     from server.standin import StandIn
-    from tests.helpers import KEY4U_PROMPT
+    from server.demo import KEY4U_PROMPT
 
     with StandIn() as upstream:
         env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_LOG_LEVEL": "DEBUG",
