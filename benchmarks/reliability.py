@@ -70,10 +70,10 @@ def main() -> None:
     ]
     lines += [f"| {name} | {expected} | {result} | {secs:.2f} |" for name, expected, result, secs in rows]
     lines += ["", "Other failure paths have their own tests: every error class and retry rule of the Responses client",
-              "(`tests/server/test_responses_client.py`), downstream servers that never start, crash mid-call, hang or",
-              "change their tools (`tests/server/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
-              "(`tests/server/test_http.py`), property-based tests of the translation",
-              "(`tests/server/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`)."]  # fmt: skip
+              "(`tests/server/upstream/test_responses.py`), downstream servers that never start, crash mid-call, hang or",
+              "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
+              "(`tests/server/transports/test_http.py`), property-based tests of the translation",
+              "(`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`)."]  # fmt: skip
     (REPO / "RELIABILITY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if passed != len(rows):

@@ -30,7 +30,7 @@ from benchmarks.common import (
     standin_process,
     stdio_bridge,
 )
-from server.demo import KEY4U_PROMPT
+from server.cli.demo import KEY4U_PROMPT
 
 
 @dataclass

@@ -12,7 +12,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 def main() -> None:
     """Console-script entry point."""
-    from server.cli import main as cli_main
+    from server.cli.main import main as cli_main
 
     raise SystemExit(cli_main())
 

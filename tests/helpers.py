@@ -9,7 +9,7 @@ from typing import Any
 
 from mcp import Client
 
-from server.app import build_server
+from server.surface.app import build_server
 from server.config import Settings
 from tests.conftest import FAKE_KEY
 

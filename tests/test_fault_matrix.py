@@ -26,7 +26,7 @@ from mcp.client.stdio import stdio_client
 from server.standin import Faults, StandIn, http_date
 from tests.conftest import FAKE_KEY
 from tests.helpers import text_of
-from tests.server.test_stdio import INITIALIZE, _raw_session, script
+from tests.server.transports.test_stdio import INITIALIZE, _raw_session, script
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio

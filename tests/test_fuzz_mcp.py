@@ -2,7 +2,7 @@
 
 The fuzzer sends malformed and hostile requests to every tool and protocol method, then we
 check that no tool call crashed the server or broke the transport. (Property-based tests of the translation are in
-``tests/server/test_translation.py``.)
+``tests/server/upstream/test_translation.py``.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.test_stdio import script
+from tests.server.transports.test_stdio import script
 
 pytestmark = pytest.mark.skipif(shutil.which("mcp-fuzzer", path=str(Path(sys.executable).parent)) is None,
                                 reason="mcp-fuzzer is not installed")  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.asgi_thread import ThreadedServer
+from server.transports.asgi_thread import ThreadedServer
 from server.standin.app import Faults, StandInState, create_app, http_date
 from server.standin.model import LABEL
 

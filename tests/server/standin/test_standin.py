@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from server.standin import LABEL, Faults, StandIn
-from server.demo import KEY4U_PROMPT
+from server.cli.demo import KEY4U_PROMPT
 
 KEY4U_TOOLS: list[dict[str, Any]] = [
     {"type": "function", "name": "random_generator", "description": "Generate random numbers",

@@ -1,0 +1,311 @@
+"""The function-calling loop: send, run the turn's calls in parallel, send their outputs,
+until the model answers, a call is the caller's to run, or a bound is reached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import anyio
+from mcp.types import CallToolResult
+
+from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace
+from server.errors import UpstreamError
+from server.upstream.translation import (
+    MAX_OUTPUT_CHARS,
+    ArgumentError,
+    FunctionSpec,
+    NameMap,
+    StrictSchemaError,
+    error_output,
+    parse_arguments,
+    result_to_output,
+    strictify,
+)
+from server.upstream.wire import FunctionCall, ResponseObject
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], Awaitable[None]]
+EventCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5|codex)", re.IGNORECASE)
+
+
+class Upstream(Protocol):
+    async def create(self, body: dict[str, Any], *, on_event: EventCallback | None = None) -> ResponseObject: ...
+
+
+class ToolRunner(Protocol):
+    async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult: ...
+
+
+@dataclass(frozen=True)
+class Offered:
+    """One function offered to the model, and who runs it."""
+
+    spec: FunctionSpec
+    mode: Literal["run", "return"]
+
+
+@dataclass
+class Toolset:
+    offered: dict[str, Offered] = field(default_factory=dict)  # by API name
+    names: NameMap = field(default_factory=NameMap)
+
+    def add(self, spec: FunctionSpec, mode: Literal["run", "return"]) -> None:
+        self.offered[spec.api_name] = Offered(spec, mode)
+
+    def api_name(self, mcp_name: str) -> str | None:
+        return self.names.to_api.get(mcp_name)
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    concurrency: int = 16
+    call_timeout: float = 60.0
+    output_chars: int = MAX_OUTPUT_CHARS
+    conversation_mode: Literal["replay", "previous_response_id"] = "replay"
+
+
+def _replay_form(item: dict[str, Any]) -> dict[str, Any] | None:
+    """How an output item is sent back in a stateless replay, or None to leave it out."""
+    kind = item.get("type")
+    if kind == "function_call":
+        return {k: item[k] for k in ("type", "id", "call_id", "name", "arguments") if k in item}
+    if kind == "message":
+        content = [
+            {"type": "output_text", "text": p.get("text", ""), "annotations": []}
+            for p in item.get("content") or []
+            if isinstance(p, dict) and p.get("type") == "output_text"
+        ]
+        return {"type": "message", "role": "assistant", "content": content} if content else None
+    if kind == "reasoning":
+        # Without encrypted_content a reasoning item can only be found by id, which store:false forbids.
+        return dict(item) if item.get("encrypted_content") else None
+    return None  # hosted tool items (web_search_call, ...) are not replayable without storage
+
+
+def build_request(conv: Conversation, tools: Toolset, limits: LoopLimits) -> dict[str, Any]:
+    opts = conv.options
+    body: dict[str, Any] = {"model": opts.model, "parallel_tool_calls": opts.parallel_tool_calls}
+    if limits.conversation_mode == "previous_response_id" and conv.previous_response_id:
+        body["previous_response_id"] = conv.previous_response_id
+        body["input"] = conv.items[conv.unsent_from :]
+        body["store"] = True
+    else:
+        body["input"] = conv.items
+        body["store"] = limits.conversation_mode == "previous_response_id"
+    if opts.instructions:
+        body["instructions"] = opts.instructions
+    function_tools = [o.spec.tool for o in tools.offered.values()]
+    if opts.web_search:
+        function_tools.append({"type": "web_search"})
+    if function_tools:
+        body["tools"] = function_tools
+        choice = opts.tool_choice
+        if choice in ("auto", "none", "required"):
+            body["tool_choice"] = choice
+        else:
+            body["tool_choice"] = {"type": "function", "name": tools.api_name(choice) or choice}
+    reasoning = opts.reasoning_effort is not None or bool(_REASONING_MODEL.match(opts.model))
+    if opts.reasoning_effort:
+        body["reasoning"] = {"effort": opts.reasoning_effort}
+    if reasoning and not body["store"]:
+        body["include"] = ["reasoning.encrypted_content"]
+    if opts.response_format is not None:
+        body["text"] = {"format": {"type": "json_schema", "name": "result", "schema": opts.response_format,
+                                   "strict": _strict_format(opts.response_format)}}  # fmt: skip
+    if opts.max_output_tokens:
+        body["max_output_tokens"] = opts.max_output_tokens
+    if opts.metadata:
+        body["metadata"] = opts.metadata
+    return body
+
+
+def _strict_format(schema: dict[str, Any]) -> bool:
+    try:
+        return strictify(schema) == schema
+    except (StrictSchemaError, RecursionError):
+        return False
+
+
+def _add_usage(conv: Conversation, response: ResponseObject) -> None:
+    usage = response.usage
+    if usage is None:
+        return
+    total = conv.usage
+    total.input_tokens += usage.input_tokens or 0
+    total.output_tokens += usage.output_tokens or 0
+    total.cached_tokens += (usage.input_tokens_details.cached_tokens or 0) if usage.input_tokens_details else 0
+    total.reasoning_tokens += (usage.output_tokens_details.reasoning_tokens or 0) if usage.output_tokens_details else 0
+    total.total_tokens = total.input_tokens + total.output_tokens
+
+
+@dataclass
+class Loop:
+    upstream: Upstream
+    runner: ToolRunner
+    tools: Toolset
+    limits: LoopLimits = field(default_factory=LoopLimits)
+    progress: Progress | None = None
+    clock_start: float = field(default_factory=time.perf_counter)
+    _last_delta_report: float = field(default_factory=time.perf_counter)
+
+    async def _say(self, message: str) -> None:
+        if self.progress is not None:
+            await self.progress(message)
+
+    async def run(self, conv: Conversation) -> Conversation:
+        """Advance ``conv`` until it is completed, needs the caller, or stops; never raises
+        ``UpstreamError`` (it becomes status ``failed``)."""
+        conv.status, conv.error = "in_progress", None
+        max_turns = conv.options.max_turns
+        try:
+            while True:
+                if conv.turns >= max_turns:
+                    conv.status = "incomplete"
+                    conv.notes.append(f"stopped after max_turns={max_turns} model turns without a final answer")
+                    return conv
+                if await self._turn(conv):
+                    return conv
+        except UpstreamError as exc:
+            conv.status, conv.error = "failed", str(exc)
+            return conv
+
+    async def _turn(self, conv: Conversation) -> bool:
+        """One model turn; True when the conversation stops here."""
+        turn = conv.turns + 1
+        await self._say(f"turn {turn}: waiting for {conv.options.model}")
+        body = build_request(conv, self.tools, self.limits)
+        response = await self.upstream.create(body, on_event=self._on_event)
+        conv.turns = turn
+        conv.model = response.model or conv.model
+        _add_usage(conv, response)
+        conv.previous_response_id = response.id
+        replay = [r for r in (_replay_form(i) for i in response.output) if r is not None]
+        conv.items.extend(replay)
+        conv.unsent_from = len(conv.items)
+        conv.text = response.text() or conv.text
+        if response.status == "failed":
+            error = response.error or {}
+            conv.status = "failed"
+            conv.error = f"the model's response failed: {error.get('message', 'no reason given')}" + (
+                f" [code {error['code']}]" if error.get("code") else ""
+            )
+            return True
+        calls = response.function_calls()
+        if response.status == "incomplete":
+            reason = (response.incomplete_details or {}).get("reason", "unknown")
+            conv.status = "incomplete"
+            conv.notes.append(
+                f"the response is incomplete ({reason})"
+                + (f"; {len(calls)} function call(s) with possibly truncated arguments were not run" if calls else "")
+            )
+            # Replayed calls need outputs, or the next request is refused.
+            for call in calls:
+                conv.items.append({"type": "function_call_output", "call_id": call.call_id,
+                                   "output": error_output("not run: the response was cut off")})  # fmt: skip
+            return True
+        if not calls:
+            conv.status = "completed"
+            self._parse_structured(conv)
+            return True
+        return await self._run_calls(conv, calls, turn)
+
+    async def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "response.content_part.added":
+            await self._say("writing the answer")
+        elif kind == "response.output_text.delta":
+            now = time.perf_counter()
+            if now - self._last_delta_report >= 1.0:  # at most one notification a second while text streams
+                self._last_delta_report = now
+                await self._say("writing the answer")
+        elif kind == "response.output_item.added" and (data.get("item") or {}).get("type") == "function_call":
+            await self._say(f"model calls {data['item'].get('name')}")
+
+    def _parse_structured(self, conv: Conversation) -> None:
+        if conv.options.response_format is None:
+            return
+        try:
+            conv.parsed = json.loads(conv.text)
+        except ValueError:
+            conv.notes.append("response_format was requested but the answer is not valid JSON")
+
+    async def _run_calls(self, conv: Conversation, calls: Sequence[FunctionCall], turn: int) -> bool:
+        outputs: dict[str, str] = {}
+        to_run: list[tuple[FunctionCall, Offered, dict[str, Any]]] = []
+        pending: list[PendingCall] = []
+        for call in calls:
+            offered = self.tools.offered.get(call.name)
+            if offered is None:
+                outputs[call.call_id] = error_output(
+                    f"there is no tool named {call.name!r}; available: {', '.join(self.tools.offered) or 'none'}"
+                )
+                self._trace(conv, turn, call, call.name, call.arguments, False, 0.0, 0.0, outputs[call.call_id])
+                continue
+            try:
+                arguments = parse_arguments(offered.spec, call.arguments)
+            except ArgumentError as exc:
+                outputs[call.call_id] = error_output(str(exc))
+                self._trace(conv, turn, call, call.name, call.arguments, False, 0.0, 0.0, outputs[call.call_id])
+                continue
+            if offered.mode == "return":
+                pending.append(PendingCall(call_id=call.call_id, name=offered.spec.mcp_name, arguments=arguments))
+            else:
+                to_run.append((call, offered, arguments))
+        if to_run:
+            await self._say(f"turn {turn}: running {len(to_run)} tool call(s) in parallel")
+            limiter = anyio.CapacityLimiter(self.limits.concurrency)
+            async with anyio.create_task_group() as tg:
+                for call, offered, arguments in to_run:
+                    tg.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
+        for call in calls:
+            if call.call_id in outputs:
+                conv.items.append({"type": "function_call_output", "call_id": call.call_id, "output": outputs[call.call_id]})
+        if pending:
+            conv.pending_calls = pending
+            conv.status = "requires_action"
+            return True
+        return False
+
+    async def _run_one(
+        self,
+        conv: Conversation,
+        turn: int,
+        call: FunctionCall,
+        offered: Offered,
+        arguments: dict[str, Any],
+        outputs: dict[str, str],
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        name = offered.spec.mcp_name
+        async with limiter:
+            started = time.perf_counter()
+            ok = False
+            try:
+                with anyio.fail_after(self.limits.call_timeout):
+                    result = await self.runner.call(name, arguments)
+                output = result_to_output(result, self.limits.output_chars)
+                ok = not result.is_error
+            except TimeoutError:
+                output = error_output(f"{name} did not finish within {self.limits.call_timeout:g} s")
+            except Exception as exc:  # a tool's failure is reported to the model, never raised
+                logger.exception("tool %s failed", name)
+                output = error_output(f"{name} failed: {type(exc).__name__}: {exc}")
+            ms = (time.perf_counter() - started) * 1000
+            outputs[call.call_id] = output
+            self._trace(conv, turn, call, name, arguments, ok, ms, (started - self.clock_start) * 1000, output)
+            await self._say(f"{name} {'done' if ok else 'failed'} in {ms:.0f} ms")
+
+    @staticmethod
+    def _trace(conv: Conversation, turn: int, call: FunctionCall, name: str, arguments: dict[str, Any] | str,
+               ok: bool, ms: float, started_ms: float, output: str) -> None:  # fmt: skip
+        conv.tool_calls.append(
+            ToolCallTrace(turn=turn, call_id=call.call_id, name=name, arguments=arguments, ok=ok,
+                          ms=round(ms, 2), started_ms=round(started_ms, 2), output=output[:500])  # fmt: skip
+        )

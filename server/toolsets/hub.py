@@ -1,0 +1,283 @@
+"""Downstream MCP servers whose tools the remote model may call.
+
+The configuration is the ``mcpServers`` object users already have from Claude Desktop
+(``command``/``args``/``env``/``cwd`` for stdio, ``url``/``headers`` for Streamable HTTP), with
+optional ``allow``/``deny``/``modes`` per server and a top-level ``localTools`` policy.
+
+Each server is kept connected by its own task: started, its tools listed (and listed again on
+``notifications/tools/list_changed``), pinged, and after a failure restarted with backoff. A
+server that fails never affects the others; its state is reported. Child processes are ended
+when the bridge stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+from mcp.types import CallToolResult, TextContent, Tool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from server.config import default_servers_file
+from server.toolsets.policy import SEPARATOR, Mode, Policy
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+logger = logging.getLogger(__name__)
+
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+    deny: list[str] = Field(default_factory=list)
+    modes: dict[str, Mode] = Field(default_factory=dict)
+    disabled: bool = False
+    startup_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ServerConfig:
+        if bool(self.command) == bool(self.url):
+            raise ValueError("give either command (stdio) or url (Streamable HTTP)")
+        return self
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(allow=self.allow, deny=self.deny, modes=self.modes)
+
+
+class HubConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    servers: dict[str, ServerConfig] = Field(default_factory=dict, alias="mcpServers")
+    local_tools: Policy = Field(default_factory=Policy, alias="localTools")
+
+    @model_validator(mode="after")
+    def _names(self) -> HubConfig:
+        for name in self.servers:
+            if not _SERVER_NAME.match(name) or SEPARATOR in name:
+                raise ValueError(f"server name {name!r}: use letters, digits, - and single _ (up to 32)")
+        return self
+
+
+def load_hub_config(path: Path | None) -> tuple[HubConfig, Path | None]:
+    """The configuration at ``path`` (or the default place, if a file is there)."""
+    chosen = path or default_servers_file()
+    if path is None and not chosen.exists():
+        return HubConfig(), None
+    try:
+        data = json.loads(chosen.read_text(encoding="utf-8"))
+        return HubConfig.model_validate(data), chosen
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ValueError(f"cannot read the MCP servers file {chosen}: {exc}") from exc
+
+
+def qualified(server: str, tool: str) -> str:
+    return f"{server}{SEPARATOR}{tool}"
+
+
+@dataclass
+class Downstream:
+    name: str
+    config: ServerConfig
+    status: Literal["starting", "ready", "failed", "disabled"] = "starting"
+    error: str | None = None
+    tools: list[Tool] = field(default_factory=list)
+    failures: int = 0
+    next_retry: float | None = None
+    client: Any = None  # an mcp.Client while connected
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+    _broken: anyio.Event = field(default_factory=anyio.Event)
+    _ready: anyio.Event = field(default_factory=anyio.Event)
+
+    async def _transport(self, stack: AsyncExitStack) -> Any:
+        import httpx2
+        from mcp import StdioServerParameters
+        from mcp.client.streamable_http import streamable_http_client
+
+        cfg = self.config
+        if cfg.command:
+            env = {**os.environ, **cfg.env} if cfg.env else None
+            return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        )
+        return streamable_http_client(cfg.url or "", http_client=http)
+
+    async def _on_message(self, message: Any) -> None:
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            self._changed.set()
+        elif isinstance(message, Exception):
+            self._broken.set()
+
+    async def run(self, ping_interval: float) -> None:
+        """Keep this server connected until cancelled."""
+        if self.config.disabled:
+            self.status = "disabled"
+            return
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session(ping_interval)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # noqa: BLE001 - any failure of this server stays here
+                self.error = _describe(exc)
+                logger.warning("downstream server %s failed: %s", self.name, self.error)
+            self.status, self.client, self.tools = "failed", None, []
+            self._ready = anyio.Event()
+            self.failures = 1 if time.monotonic() - started > 120 else self.failures + 1
+            delay = min(60.0, 0.5 * 2 ** (self.failures - 1))
+            self.next_retry = time.time() + delay
+            await anyio.sleep(delay)
+
+    async def _session(self, ping_interval: float) -> None:
+        self.status = "starting"
+        self._broken = anyio.Event()
+        from mcp import Client
+
+        async with AsyncExitStack() as stack:
+            transport = await self._transport(stack)
+            client = await stack.enter_async_context(
+                Client(transport, mode="legacy", message_handler=self._on_message, cache=None)
+            )
+            with anyio.fail_after(self.config.startup_timeout):
+                await self._list(client)
+            self.client, self.status, self.error, self.next_retry = client, "ready", None, None
+            self._ready.set()
+            logger.info("downstream server %s ready with %d tools", self.name, len(self.tools))
+            while True:
+                with anyio.move_on_after(ping_interval):
+                    async with anyio.create_task_group() as tg:
+
+                        async def wait_broken(scope: anyio.CancelScope = tg.cancel_scope) -> None:
+                            await self._broken.wait()
+                            scope.cancel()
+
+                        tg.start_soon(wait_broken)
+                        await self._changed.wait()
+                        tg.cancel_scope.cancel()
+                if self._broken.is_set():
+                    raise ConnectionError("the connection broke")
+                if self._changed.is_set():
+                    self._changed = anyio.Event()
+                    await self._list(client)
+                    continue
+                with anyio.fail_after(10):
+                    await client.send_ping()
+
+    async def _list(self, client: Any) -> None:
+        tools: list[Tool] = []
+        cursor = None
+        while True:
+            page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        self.tools = tools
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        if self.status != "ready" or self._broken.is_set():
+            # Restarting after a crash or hang: give it a moment before reporting it down.
+            with anyio.move_on_after(min(timeout / 2, 10.0)):
+                while self.status != "ready" or self._broken.is_set():
+                    await self._ready.wait()
+                    await anyio.lowlevel.checkpoint()
+        client = self.client
+        if client is None or self.status != "ready":
+            return _error(f"the MCP server {self.name!r} is unavailable ({self.status}): {self.error or 'starting'}")
+        try:
+            with anyio.fail_after(timeout):
+                return await client.call_tool(tool, arguments)
+        except TimeoutError:
+            self._broken.set()  # a hung server is restarted
+            return _error(f"{self.name}{SEPARATOR}{tool} did not answer within {timeout:g} s")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            self._broken.set()
+            return _error(f"{self.name}{SEPARATOR}{tool} failed: {_describe(exc)}")
+
+    def report(self) -> dict[str, Any]:
+        return {"server": self.name, "status": self.status, "tools": len(self.tools), "error": self.error,
+                "transport": "stdio" if self.config.command else "http"}  # fmt: skip
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _describe(exc.exceptions[0])
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _error(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+@dataclass(frozen=True)
+class HubTool:
+    qualified: str
+    server: str
+    tool: Tool
+    mode: Mode
+
+
+class Hub:
+    def __init__(self, config: HubConfig, *, ping_interval: float = 15.0) -> None:
+        self.config = config
+        self.servers = {name: Downstream(name, cfg) for name, cfg in config.servers.items()}
+        self.ping_interval = ping_interval
+
+    def start(self, tg: TaskGroup) -> None:
+        for server in self.servers.values():
+            tg.start_soon(server.run, self.ping_interval, name=f"downstream:{server.name}")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until every server has finished its first attempt (ready or failed), at most ``timeout``."""
+        with anyio.move_on_after(timeout):
+            while any(s.status == "starting" for s in self.servers.values()):
+                await anyio.sleep(0.02)
+
+    def tools(self) -> list[HubTool]:
+        result = []
+        for server in self.servers.values():
+            policy = server.config.policy
+            for tool in server.tools:
+                read_only = bool(tool.annotations and tool.annotations.read_only_hint)
+                mode = policy.mode_for(tool.name, read_only=read_only)
+                if mode != "hidden":
+                    result.append(HubTool(qualified(server.name, tool.name), server.name, tool, mode))
+        return result
+
+    def problems(self) -> list[str]:
+        return [f"MCP server {s.name!r} is {s.status}: {s.error or 'still starting'}"
+                for s in self.servers.values() if s.status in ("failed", "starting")]  # fmt: skip
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        server_name, _, tool = name.partition(SEPARATOR)
+        server = self.servers.get(server_name)
+        if server is None or not tool:
+            return _error(f"unknown downstream tool {name!r}")
+        return await server.call(tool, arguments, timeout)
+
+    def report(self) -> list[dict[str, Any]]:
+        return [s.report() for s in self.servers.values()]
+

@@ -1,0 +1,113 @@
+"""The commands people run at a terminal: demo, doctor, stand-in, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.standin import Faults, StandIn
+from tests.conftest import FAKE_KEY
+from tests.server.transports.test_stdio import script
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    merged = {k: v for k, v in os.environ.items() if not k.startswith(("KEY4U_", "OPENAI_"))}
+    merged.update(env or {})
+    return subprocess.run([script(), *args], capture_output=True, text=True, timeout=timeout, env=merged,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_demo_without_a_key_runs_the_example_against_the_stand_in() -> None:
+    done = run("demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "offline stand-in" in out and "All steps succeeded." in out
+    for name in ("current_time", "system_info", "math_calculator", "random_generator", "key4u_respond"):
+        assert f"- {name}:" in out
+    assert "123.5 + 456.7 = 580.2" in out
+    assert "Turn 1: the model called 4 tool(s)" in out and "Turn 2: the model answered" in out
+    assert re.search(r"All ran at the same time|Ran concurrently", out)
+    assert "... turn 1: waiting for gpt-4.1" in out  # progress while waiting
+    assert re.search(r"tokens in \d+ \(cached \d+\) / out \d+", out)
+
+
+def test_demo_exits_non_zero_when_the_gateway_fails() -> None:
+    with StandIn() as upstream:
+        upstream.faults = Faults(status=401)
+        done = run("demo", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url})
+    assert done.returncode == 1
+    assert "HTTP 401" in done.stdout and "FAILED" in done.stdout
+    assert FAKE_KEY not in done.stdout + done.stderr
+
+
+def test_doctor_passes_a_healthy_gateway() -> None:
+    with StandIn(api_key=FAKE_KEY) as upstream:
+        done = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url})
+    assert done.returncode == 0, done.stdout
+    for check in ("plain JSON", "streaming", "function calling", "store:false accepted"):
+        assert check in done.stdout
+    assert "sk-t…cdef" in done.stdout and FAKE_KEY not in done.stdout + done.stderr
+
+
+def test_doctor_tells_a_missing_route_from_a_rejected_key() -> None:
+    with StandIn(api_key="the-right-key-0000") as upstream:
+        upstream.faults = Faults(status=404)
+        route = run("doctor", env={"KEY4U_API_KEY": "the-right-key-0000", "KEY4U_BASE_URL": upstream.base_url})
+        upstream.faults = Faults()
+        key = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url})
+    assert route.returncode == 1 and "has no /v1/responses route" in route.stdout
+    assert key.returncode == 1 and "the key was rejected" in key.stdout and "HTTP 401" in key.stdout
+    assert "no /v1/responses route" not in key.stdout
+    assert FAKE_KEY not in key.stdout + key.stderr
+
+
+def test_doctor_without_a_key_says_what_to_set() -> None:
+    done = run("doctor")
+    assert done.returncode == 1 and "KEY4U_API_KEY" in done.stdout
+
+
+def test_config_claude_prints_an_entry_with_absolute_paths() -> None:
+    done = run("config", "claude", env={"KEY4U_API_KEY": FAKE_KEY})
+    entry = json.loads(done.stdout)["mcpServers"]["key4u"]
+    assert Path(entry["command"]).is_absolute() and Path(entry["command"]).exists()
+    assert entry["env"]["KEY4U_API_KEY"] != FAKE_KEY and FAKE_KEY not in done.stdout
+
+
+def test_stand_in_command_serves_any_client(tmp_path: Path) -> None:
+    with subprocess.Popen([script(), "stand-in", "--port", "0"], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            url = re.search(r"(http://\S+/v1)", line)
+            assert url, line
+            reply = httpx.get(f"{url.group(1)}/models", headers={"Authorization": "Bearer k"}, timeout=10)
+            assert reply.status_code == 200 and reply.json()["data"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX")
+def test_unknown_command_is_a_usage_error() -> None:
+    done = run("frobnicate")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_doctor_reports_downstream_servers(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.json"
+    fixture = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"],
+               "cwd": str(Path(__file__).resolve().parents[3])}  # fmt: skip
+    servers.write_text(json.dumps({"mcpServers": {"good": fixture, "dead": {"command": str(tmp_path / "nope")}}}))
+    with StandIn() as upstream:
+        done = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url,
+                                  "KEY4U_MCP_SERVERS": str(servers)})  # fmt: skip
+    assert done.returncode == 1
+    assert re.search(r"ok\s+server good\s+\d+ tools", done.stdout), done.stdout
+    assert re.search(r"FAIL\s+server dead", done.stdout) and "run the command by hand" in done.stdout

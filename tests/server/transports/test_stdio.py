@@ -1,0 +1,161 @@
+"""The installed console script as a real stdio process, as MCP hosts run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from tests.conftest import FAKE_KEY
+
+pytestmark = pytest.mark.anyio
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+
+
+def script() -> str:
+    path = shutil.which("key4u-mcp", path=str(BIN)) or shutil.which("key4u-mcp")
+    assert path, "the key4u-mcp console script is not installed next to this interpreter"
+    return path
+
+
+@asynccontextmanager
+async def spawned(params: StdioServerParameters, errlog: Path) -> AsyncIterator[Client]:
+    with errlog.open("w") as err:
+        async with Client(stdio_client(params, errlog=err), mode="legacy") as client:
+            yield client
+
+
+async def test_console_script_lists_and_calls_tools(tmp_path: Path) -> None:
+    params = StdioServerParameters(command=script(), env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_LOG_LEVEL": "DEBUG"})
+    async with spawned(params, tmp_path / "err.txt") as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"current_time", "system_info", "math_calculator", "random_generator"} <= names
+        result = await client.call_tool("math_calculator", {"operation": "add", "a": 123.5, "b": 456.7})
+        assert result.structured_content["result"] == 580.2  # type: ignore[index]
+        bad = await client.call_tool("random_generator", {"count": 50})
+        assert bad.is_error
+    assert FAKE_KEY not in (tmp_path / "err.txt").read_text()
+
+
+async def test_claude_config_entry_starts_the_server(tmp_path: Path) -> None:
+    entry: dict[str, Any] = json.loads((REPO / "claude_config.json").read_text())["mcpServers"]["key4u"]
+    command = shutil.which(entry["command"], path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert command, f"{entry['command']} is not on PATH"
+    params = StdioServerParameters(command=command, args=entry["args"], env=entry["env"])
+    async with spawned(params, tmp_path / "err.txt") as client:
+        result = await client.call_tool("current_time", {"timezone": "UTC"})
+        assert result.structured_content["utc_offset"] == "+00:00"  # type: ignore[index]
+    assert entry["env"]["KEY4U_API_KEY"] not in (tmp_path / "err.txt").read_text()
+
+
+def _raw_session(*lines: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+
+
+async def test_stdout_carries_only_protocol_messages_and_stdin_eof_exits_cleanly(tmp_path: Path) -> None:
+    session = _raw_session(
+        INITIALIZE,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "system_info", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "math_calculator", "arguments": {}}},
+    )
+    env = {**os.environ, "KEY4U_LOG_LEVEL": "DEBUG", "KEY4U_API_KEY": FAKE_KEY}
+    errlog = tmp_path / "err.txt"
+    with errlog.open("wb") as err:
+        async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            await proc.stdin.send(session)
+            received = b""
+            with anyio.fail_after(30):
+                while received.count(b"\n") < 4:
+                    received += await proc.stdout.receive()
+                await proc.stdin.aclose()
+                assert await proc.wait() == 0
+                async for chunk in proc.stdout:
+                    received += chunk
+    messages = [json.loads(line) for line in received.decode().splitlines()]
+    assert all(m.get("jsonrpc") == "2.0" for m in messages)
+    by_id = {m["id"]: m for m in messages if "id" in m}
+    assert set(by_id) == {1, 2, 3, 4}
+    assert by_id[4]["result"]["isError"] is True
+    stderr = errlog.read_bytes()
+    assert b"stdin closed" in stderr
+    assert FAKE_KEY.encode() not in received + stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signals_stop_the_server_cleanly(signum: signal.Signals) -> None:
+    async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send(_raw_session(INITIALIZE))
+        with anyio.fail_after(30):
+            assert b'"id":1' in await proc.stdout.receive()  # serving
+        proc.send_signal(signum)
+        with anyio.fail_after(15):
+            assert await proc.wait() == 0
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run([script(), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("key4u-mcp ")
+    usage = subprocess.run([script(), "--help"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 0 and "--log-level" in usage.stdout and "stdio" in usage.stdout
+
+
+def test_invalid_setting_is_named_without_echoing_the_key() -> None:
+    env = {**os.environ, "KEY4U_BASE_URL": "ftp://nowhere", "KEY4U_API_KEY": FAKE_KEY}
+    done = subprocess.run([script()], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert "KEY4U_BASE_URL" in done.stderr and "http(s) URL" in done.stderr
+    assert done.stdout == ""
+    assert FAKE_KEY not in done.stderr
+
+
+async def test_key4u_respond_over_stdio_against_a_real_upstream(tmp_path: Path) -> None:
+    from server.standin import StandIn
+    from server.cli.demo import KEY4U_PROMPT
+
+    with StandIn() as upstream:
+        env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_LOG_LEVEL": "DEBUG",
+               "KEY4U_DB_PATH": str(tmp_path / "db.sqlite3")}  # fmt: skip
+        params = StdioServerParameters(command=script(), env=env)
+        async with spawned(params, tmp_path / "err.txt") as client:
+            result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+            assert result.structured_content is not None
+            assert result.structured_content["status"] == "completed"
+            assert len(result.structured_content["tool_calls"]) == 4
+            assert "580.2" in result.content[0].text  # type: ignore[union-attr]
+    assert len(upstream.requests) == 2
+    assert FAKE_KEY not in (tmp_path / "err.txt").read_text() + result.model_dump_json()
+
+
+def test_a_broken_servers_file_stops_start_up_with_its_path(tmp_path: Path) -> None:
+    broken = tmp_path / "servers.json"
+    broken.write_text('{"mcpServers": {"x": {}}}')
+    env = {**os.environ, "KEY4U_MCP_SERVERS": str(broken)}
+    done = subprocess.run([script()], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and str(broken) in done.stderr and "either command" in done.stderr
