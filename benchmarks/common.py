@@ -18,7 +18,6 @@ import psutil
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 
@@ -49,8 +48,9 @@ def spread(values: Sequence[float]) -> Spread:
 @contextmanager
 def standin_process() -> Iterator[tuple[str, psutil.Process]]:
     """The offline stand-in in its own process, so that its CPU is not counted against a client."""
-    with subprocess.Popen([script(), "stand-in", "--port", "0"], stdout=subprocess.PIPE, text=True,
-                          stderr=subprocess.DEVNULL) as proc:  # fmt: skip
+    with subprocess.Popen(
+        [script(), "stand-in", "--port", "0"], stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL
+    ) as proc:
         try:
             assert proc.stdout is not None
             match = re.search(r"(http://\S+/v1)", proc.stdout.readline())
@@ -63,8 +63,9 @@ def standin_process() -> Iterator[tuple[str, psutil.Process]]:
 
 def bridge_env(base_url: str, tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEY4U_", "OPENAI_"))}
-    env.update(KEY4U_API_KEY=KEY, KEY4U_BASE_URL=base_url, KEY4U_DB_PATH=str(tmp / "bench.sqlite3"),
-               KEY4U_LOG_LEVEL="WARNING")  # fmt: skip
+    env.update(
+        KEY4U_API_KEY=KEY, KEY4U_BASE_URL=base_url, KEY4U_DB_PATH=str(tmp / "bench.sqlite3"), KEY4U_LOG_LEVEL="WARNING"
+    )
     env.update(extra)
     return env
 
@@ -79,8 +80,9 @@ def _child_pid(marker: str) -> int:
 async def stdio_bridge(env: dict[str, str]) -> AsyncIterator[tuple[Client, psutil.Process]]:
     """A spawned ``key4u-mcp`` over stdio and its process."""
     with open(os.devnull, "w") as devnull:
-        async with Client(stdio_client(StdioServerParameters(command=script(), env=env), errlog=devnull),
-                          mode="legacy") as client:  # fmt: skip
+        async with Client(
+            stdio_client(StdioServerParameters(command=script(), env=env), errlog=devnull), mode="legacy"
+        ) as client:
             yield client, psutil.Process(_child_pid("key4u-mcp"))
 
 

@@ -12,13 +12,16 @@ from pathlib import Path
 from benchmarks.common import REPO, machine
 
 sys.path.insert(0, str(REPO))
-from tests.test_fault_matrix import MODEL_ROWS, UPSTREAM_ROWS  # noqa: E402
+from tests.test_fault_matrix import MODEL_ROWS, UPSTREAM_ROWS
 
 SPECIAL = {
     "test_client_cancel_mid_turn": ("client cancels mid-turn", "the upstream request is dropped; next call works"),
     "test_connection_refused": ("connection refused", "failed: could not reach the gateway (after 1 retry)"),
     "test_stdin_closed_mid_call": ("stdin closed mid-call", "the server exits 0 and its upstream request ends"),
-    "test_a_64_mib_request_line": ("a 64 MiB request line", "dropped with a warning, never held whole; next call answered"),
+    "test_a_64_mib_request_line": (
+        "a 64 MiB request line",
+        "dropped with a warning, never held whole; next call answered",
+    ),
 }
 
 
@@ -27,8 +30,10 @@ def _outcomes(junit: Path) -> dict[str, tuple[str, float]]:
     for case in ET.parse(junit).getroot().iter("testcase"):
         failed = case.find("failure") is not None or case.find("error") is not None
         skipped = case.find("skipped") is not None
-        results[case.get("name", "")] = ("fail" if failed else "skipped" if skipped else "pass",
-                                         float(case.get("time", 0)))  # fmt: skip
+        results[case.get("name", "")] = (
+            "fail" if failed else "skipped" if skipped else "pass",
+            float(case.get("time", 0)),
+        )
     return results
 
 
@@ -36,8 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_fault_matrix.py", f"--junitxml={junit}"],
-                       cwd=REPO, check=False)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "tests/test_fault_matrix.py", f"--junitxml={junit}"],
+            cwd=REPO,
+            check=False,
+        )
         seconds = time.perf_counter() - started
         outcomes = _outcomes(junit)
     rows = []
@@ -69,11 +77,14 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {name} | {expected} | {result} | {secs:.2f} |" for name, expected, result, secs in rows]
-    lines += ["", "Other failure paths have their own tests: every error class and retry rule of the Responses client",
-              "(`tests/server/upstream/test_responses.py`), downstream servers that never start, crash mid-call, hang or",
-              "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
-              "(`tests/server/transports/test_http.py`), property-based tests of the translation",
-              "(`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`)."]  # fmt: skip
+    lines += [
+        "",
+        "Other failure paths have their own tests: every error class and retry rule of the Responses client",
+        "(`tests/server/upstream/test_responses.py`), downstream servers that never start, crash mid-call, hang or",
+        "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
+        "(`tests/server/transports/test_http.py`), property-based tests of the translation",
+        "(`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`).",
+    ]
     (REPO / "RELIABILITY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if passed != len(rows):

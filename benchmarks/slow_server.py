@@ -14,7 +14,9 @@ def _make(index: int) -> None:
         await anyio.sleep(0.2)
         return f"slow {index} done"
 
-    server.add_tool(slow, name=f"slow_{index}", description="Takes 200 ms.", annotations=ToolAnnotations(read_only_hint=True))
+    server.add_tool(
+        slow, name=f"slow_{index}", description="Takes 200 ms.", annotations=ToolAnnotations(read_only_hint=True)
+    )
 
 
 for i in range(16):

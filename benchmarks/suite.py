@@ -49,8 +49,13 @@ async def overhead(tmp: Path, pairs: int = 60) -> list[Row]:
     """A key4u_respond turn over stdio minus a direct httpx POST of the same request."""
     with standin_process() as (base_url, _):
         env = bridge_env(base_url, tmp, KEY4U_STREAM="false")
-        body = {"model": "gpt-4.1", "input": [{"type": "message", "role": "user", "content": "hello"}],
-                "parallel_tool_calls": True, "store": False, "stream": False}  # fmt: skip
+        body = {
+            "model": "gpt-4.1",
+            "input": [{"type": "message", "role": "user", "content": "hello"}],
+            "parallel_tool_calls": True,
+            "store": False,
+            "stream": False,
+        }
         headers = {"Authorization": f"Bearer {KEY}"}
         async with stdio_bridge(env) as (client, _), httpx.AsyncClient() as http:
             for _ in range(10):  # warm both paths
@@ -69,10 +74,16 @@ async def overhead(tmp: Path, pairs: int = 60) -> list[Row]:
                 diffs.append(bridge[-1] - direct[-1])
     floor = await _bare_round_trip(pairs)
     added = spread(diffs)
-    return [Row("Overhead per turn (key4u_respond over stdio − direct httpx POST)", added.fmt(),
-                "≤ 2 ms at the median", added.median <= 2.0,
-                f"bridge {spread(bridge).fmt()}; direct POST {spread(direct).fmt()}; for scale, one trivial "
-                f"tool call to a bare mcp server over stdio takes {floor.fmt()}")]  # fmt: skip
+    return [
+        Row(
+            "Overhead per turn (key4u_respond over stdio − direct httpx POST)",
+            added.fmt(),
+            "≤ 2 ms at the median",
+            added.median <= 2.0,
+            f"bridge {spread(bridge).fmt()}; direct POST {spread(direct).fmt()}; for scale, one trivial "
+            f"tool call to a bare mcp server over stdio takes {floor.fmt()}",
+        )
+    ]
 
 
 async def _bare_round_trip(calls: int) -> Any:
@@ -96,8 +107,15 @@ async def _bare_round_trip(calls: int) -> Any:
 async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
     """4 and 16 calls of 200 ms in one turn: wall time of the turn's tool phase against one call."""
     servers = tmp / "slow.json"
-    servers.write_text(json.dumps({"mcpServers": {"slow": {"command": sys.executable, "cwd": str(REPO),
-                                                            "args": ["-m", "benchmarks.slow_server"]}}}))  # fmt: skip
+    servers.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "slow": {"command": sys.executable, "cwd": str(REPO), "args": ["-m", "benchmarks.slow_server"]}
+                }
+            }
+        )
+    )
     rows = []
     with standin_process() as (base_url, _):
         env = bridge_env(base_url, tmp, KEY4U_MCP_SERVERS=str(servers))
@@ -117,10 +135,16 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
                     single = spread(walls)
                     continue
                 ratio = spread([w / single.median for w in walls])
-                rows.append(Row(f"Parallelism: {count} calls of 200 ms in one turn", f"{ratio.median:.3f}× one call",
-                                "≤ 1.15× one call", ratio.median <= 1.15,
-                                f"tool phase {spread(walls).fmt()} against one call {single.fmt()}; "
-                                f"a sequential bridge would take {count}×"))  # fmt: skip
+                rows.append(
+                    Row(
+                        f"Parallelism: {count} calls of 200 ms in one turn",
+                        f"{ratio.median:.3f}× one call",
+                        "≤ 1.15× one call",
+                        ratio.median <= 1.15,
+                        f"tool phase {spread(walls).fmt()} against one call {single.fmt()}; "
+                        f"a sequential bridge would take {count}×",
+                    )
+                )
     return rows
 
 
@@ -128,11 +152,16 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
 
 
 async def _time_to_initialize(command: list[str], env: dict[str, str]) -> float:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "0"}}}  # fmt: skip
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "0"}},
+    }
     t0 = time.perf_counter()
-    async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, env=env, cwd=REPO) as proc:  # fmt: skip
+    async with await anyio.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         await proc.stdin.send(json.dumps(init).encode() + b"\n")
         received = b""
@@ -155,9 +184,15 @@ async def startup(tmp: Path, repeats: int = 20) -> list[Row]:
             ours.append(a)
             bare.append(b)
     ratio = spread([a / b for a, b in zip(ours, bare, strict=True)])
-    return [Row("Start-up: spawn to initialize answered, against a bare mcp server", f"{ratio.median:.3f}× the bare server",
-                "≤ 1.1× the bare server", ratio.median <= 1.1,
-                f"key4u-mcp {spread(ours).fmt()}; bare {spread(bare).fmt()}")]  # fmt: skip
+    return [
+        Row(
+            "Start-up: spawn to initialize answered, against a bare mcp server",
+            f"{ratio.median:.3f}× the bare server",
+            "≤ 1.1× the bare server",
+            ratio.median <= 1.1,
+            f"key4u-mcp {spread(ours).fmt()}; bare {spread(bare).fmt()}",
+        )
+    ]
 
 
 # --- a peer: openai-agents -----------------------------------------------------------------------
@@ -180,14 +215,25 @@ async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
         from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
         from openai import AsyncOpenAI
     except ImportError:
-        return [Row("Peer: openai-agents Runner", "not run", "≥ 1.5× faster", None,
-                    "install the bench extra: pip install -e '.[bench]'")]  # fmt: skip
+        return [
+            Row(
+                "Peer: openai-agents Runner",
+                "not run",
+                "≥ 1.5× faster",
+                None,
+                "install the bench extra: pip install -e '.[bench]'",
+            )
+        ]
     set_tracing_disabled(True)
     me = psutil.Process()
     with standin_process() as (base_url, _):
         openai_client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-        agent = Agent(name="key4u", instructions="Use the tools.", tools=_agents_tools(),
-                      model=OpenAIResponsesModel(model="gpt-4.1", openai_client=openai_client))  # fmt: skip
+        agent = Agent(
+            name="key4u",
+            instructions="Use the tools.",
+            tools=_agents_tools(),
+            model=OpenAIResponsesModel(model="gpt-4.1", openai_client=openai_client),
+        )
         async with stdio_bridge(bridge_env(base_url, tmp)) as (client, server):
             ours_wall, ours_cpu, peer_wall, peer_cpu = [], [], [], []
             for i in range(repeats + 3):
@@ -210,13 +256,22 @@ async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
     ours_cpu_mean, peer_cpu_mean = sum(ours_cpu) / len(ours_cpu), sum(peer_cpu) / len(peer_cpu)
     cpu = peer_cpu_mean / max(ours_cpu_mean, 1e-9)
     return [
-        Row("Peer, wall time: openai-agents Runner ÷ this bridge (Key4U example)", f"{wall.median:.2f}× faster",
-            "≥ 1.5× faster", wall.median >= 1.5, f"bridge {spread(ours_wall).fmt()}; Runner {spread(peer_wall).fmt()}"),
-        Row("Peer, CPU time: openai-agents Runner ÷ this bridge (Key4U example)", f"{cpu:.2f}× less CPU",
-            "≥ 1.5× less CPU", cpu >= 1.5,
+        Row(
+            "Peer, wall time: openai-agents Runner ÷ this bridge (Key4U example)",
+            f"{wall.median:.2f}× faster",
+            "≥ 1.5× faster",
+            wall.median >= 1.5,
+            f"bridge {spread(ours_wall).fmt()}; Runner {spread(peer_wall).fmt()}",
+        ),
+        Row(
+            "Peer, CPU time: openai-agents Runner ÷ this bridge (Key4U example)",
+            f"{cpu:.2f}× less CPU",
+            "≥ 1.5× less CPU",
+            cpu >= 1.5,
             f"mean CPU per example: bridge server process {ours_cpu_mean:.1f} ms, Runner's process "
-            f"{peer_cpu_mean:.1f} ms, over {len(ours_cpu)} runs each"),
-    ]  # fmt: skip
+            f"{peer_cpu_mean:.1f} ms, over {len(ours_cpu)} runs each",
+        ),
+    ]
 
 
 # --- scale over HTTP -----------------------------------------------------------------------------
@@ -229,7 +284,7 @@ async def _http_example(url: str) -> tuple[float, bool]:
             async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
                 result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
         ok = not result.is_error and (result.structured_content or {}).get("status") == "completed"
-    except Exception:  # noqa: BLE001 - counted as an error
+    except Exception:
         ok = False
     return (time.perf_counter() - t0) * 1000, ok
 
@@ -289,12 +344,18 @@ async def scale(tmp: Path) -> list[Row]:
                     errors = sum(not r[1] for r in results)
                     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
                     mode = "stateless" if stateless else "stateful"
-                    rows.append(Row(f"Scale: {clients} concurrent clients, {mode} HTTP",
-                                    f"{len(results) / elapsed:.1f} examples/s, p50 {spread(latencies).median:.0f} ms, "
-                                    f"p99 {p99:.0f} ms", "no errors", errors == 0,
-                                    f"{errors} errors; server peak RSS {peak / 2**20:.0f} MiB; server CPU "
-                                    f"{cpu_share:.0%} of one core (the load generator, the stand-in and the server "
-                                    "share the machine's cores)"))  # fmt: skip
+                    rows.append(
+                        Row(
+                            f"Scale: {clients} concurrent clients, {mode} HTTP",
+                            f"{len(results) / elapsed:.1f} examples/s, p50 {spread(latencies).median:.0f} ms, "
+                            f"p99 {p99:.0f} ms",
+                            "no errors",
+                            errors == 0,
+                            f"{errors} errors; server peak RSS {peak / 2**20:.0f} MiB; server CPU "
+                            f"{cpu_share:.0%} of one core (the load generator, the stand-in and the server "
+                            "share the machine's cores)",
+                        )
+                    )
                 proc.terminate()
                 proc.wait(timeout=10)
     return rows
@@ -311,7 +372,9 @@ async def memory(tmp: Path, conversations: int = 1000) -> list[Row]:
             idle = server.memory_info().rss / 2**20
             samples: list[tuple[int, float]] = []
             for i in range(1, conversations + 1):
-                result = await client.call_tool("key4u_respond", {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]})
+                result = await client.call_tool(
+                    "key4u_respond", {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]}
+                )
                 assert not result.is_error
                 if i % 100 == 0:
                     samples.append((i, server.memory_info().rss / 2**20))
@@ -324,14 +387,24 @@ async def memory(tmp: Path, conversations: int = 1000) -> list[Row]:
     per_thousand = slope * 1000
     return [
         Row("Memory: resident size idle", f"{idle:.0f} MiB", "< 100 MiB", idle < 100),
-        Row(f"Memory: after {conversations} conversations", f"{after:.0f} MiB; trend {per_thousand:+.1f} MiB per 1,000",
-            "no growth trend", per_thousand < 5.0,
-            "RSS every 100 conversations: " + ", ".join(f"{y:.0f}" for _, y in samples)),
-    ]  # fmt: skip
+        Row(
+            f"Memory: after {conversations} conversations",
+            f"{after:.0f} MiB; trend {per_thousand:+.1f} MiB per 1,000",
+            "no growth trend",
+            per_thousand < 5.0,
+            "RSS every 100 conversations: " + ", ".join(f"{y:.0f}" for _, y in samples),
+        ),
+    ]
 
 
-ALL = {"overhead": overhead, "parallelism": parallelism, "startup": startup, "peer": peer, "scale": scale,
-       "memory": memory}  # fmt: skip
+ALL = {
+    "overhead": overhead,
+    "parallelism": parallelism,
+    "startup": startup,
+    "peer": peer,
+    "scale": scale,
+    "memory": memory,
+}
 
 
 async def run(names: list[str]) -> list[Row]:

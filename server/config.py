@@ -49,40 +49,88 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(default="INFO", validation_alias=AliasChoices("KEY4U_LOG_LEVEL", "log_level"))
 
     # The Responses client.
-    stream: bool = Field(default=True, validation_alias=AliasChoices("KEY4U_STREAM", "stream"),
-                         description="Ask for SSE streams (true) or plain JSON replies (false).")  # fmt: skip
-    timeout: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("KEY4U_TIMEOUT", "timeout"),
-                           description="Seconds to wait for the gateway's reply (between stream events).")  # fmt: skip
+    stream: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("KEY4U_STREAM", "stream"),
+        description="Ask for SSE streams (true) or plain JSON replies (false).",
+    )
+    timeout: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("KEY4U_TIMEOUT", "timeout"),
+        description="Seconds to wait for the gateway's reply (between stream events).",
+    )
     max_retries: int = Field(default=2, ge=0, le=10, validation_alias=AliasChoices("KEY4U_MAX_RETRIES", "max_retries"))
-    retry_budget: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("KEY4U_RETRY_BUDGET", "retry_budget"),
-                                description="Seconds one request may take across all its attempts and waits.")  # fmt: skip
-    retry_max_wait: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("KEY4U_RETRY_MAX_WAIT", "retry_max_wait"),
-                                  description="Longest Retry-After honoured; a longer one is reported, not waited.")  # fmt: skip
+    retry_budget: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("KEY4U_RETRY_BUDGET", "retry_budget"),
+        description="Seconds one request may take across all its attempts and waits.",
+    )
+    retry_max_wait: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias=AliasChoices("KEY4U_RETRY_MAX_WAIT", "retry_max_wait"),
+        description="Longest Retry-After honoured; a longer one is reported, not waited.",
+    )
 
     # The tool loop.
-    deadline: float = Field(default=50.0, gt=0, validation_alias=AliasChoices("KEY4U_DEADLINE", "deadline"),
-                            description="Seconds before key4u_respond returns in_progress and keeps working.")  # fmt: skip
+    deadline: float = Field(
+        default=50.0,
+        gt=0,
+        validation_alias=AliasChoices("KEY4U_DEADLINE", "deadline"),
+        description="Seconds before key4u_respond returns in_progress and keeps working.",
+    )
     tool_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("KEY4U_TOOL_TIMEOUT", "tool_timeout"))
-    tool_concurrency: int = Field(default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency"))  # fmt: skip
-    max_result_chars: int = Field(default=60_000, ge=1000, validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
-                                  description="Cap on the text key4u_respond returns (hosts cap tool results).")  # fmt: skip
+    tool_concurrency: int = Field(
+        default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency")
+    )
+    max_result_chars: int = Field(
+        default=60_000,
+        ge=1000,
+        validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
+        description="Cap on the text key4u_respond returns (hosts cap tool results).",
+    )
     conversation_mode: Literal["replay", "previous_response_id"] = Field(
-        default="replay", validation_alias=AliasChoices("KEY4U_CONVERSATION_MODE", "conversation_mode"),
+        default="replay",
+        validation_alias=AliasChoices("KEY4U_CONVERSATION_MODE", "conversation_mode"),
         description="replay: stateless, store:false, full history each turn. previous_response_id: for gateways "
         "that pin sessions to one upstream account.",
     )
-    mcp_servers: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
-                                     description="An mcpServers JSON file of downstream MCP servers.")  # fmt: skip
-    proxy: bool = Field(default=False, validation_alias=AliasChoices("KEY4U_PROXY", "proxy"),
-                        description="Also offer downstream servers' tools to this server's own MCP client.")  # fmt: skip
-    mcp_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_TOKEN", "mcp_token"),
-                                        description="Bearer token the HTTP transport requires.")  # fmt: skip
-    mcp_allowed_hosts: str | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_HOSTS", "mcp_allowed_hosts"))  # fmt: skip
-    mcp_allowed_origins: str | None = Field(default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_ORIGINS", "mcp_allowed_origins"))  # fmt: skip
-    mcp_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("KEY4U_MCP_MAX_REQUEST_BYTES", "mcp_max_request_bytes"))  # fmt: skip
-    db_path: Path | None = Field(default=None, validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
-                                 description="SQLite file for conversations (default: the user state directory).")  # fmt: skip
-    max_conversations: int = Field(default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations"))  # fmt: skip
+    mcp_servers: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
+        description="An mcpServers JSON file of downstream MCP servers.",
+    )
+    proxy: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("KEY4U_PROXY", "proxy"),
+        description="Also offer downstream servers' tools to this server's own MCP client.",
+    )
+    mcp_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_MCP_TOKEN", "mcp_token"),
+        description="Bearer token the HTTP transport requires.",
+    )
+    mcp_allowed_hosts: str | None = Field(
+        default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_HOSTS", "mcp_allowed_hosts")
+    )
+    mcp_allowed_origins: str | None = Field(
+        default=None, validation_alias=AliasChoices("KEY4U_MCP_ALLOWED_ORIGINS", "mcp_allowed_origins")
+    )
+    mcp_max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("KEY4U_MCP_MAX_REQUEST_BYTES", "mcp_max_request_bytes"),
+    )
+    db_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
+        description="SQLite file for conversations (default: the user state directory).",
+    )
+    max_conversations: int = Field(
+        default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations")
+    )
     max_age_days: float = Field(default=30, gt=0, validation_alias=AliasChoices("KEY4U_MAX_AGE_DAYS", "max_age_days"))
 
     @field_validator("api_key", "mcp_token", mode="before")

@@ -64,7 +64,7 @@ class UpstreamHTTPError(UpstreamError):
         *,
         status_code: int,
         code: str | None = None,
-        type: str | None = None,  # noqa: A002 - the wire's field name
+        type: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
         hint: str | None = None,

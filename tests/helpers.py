@@ -9,16 +9,21 @@ from typing import Any
 
 from mcp import Client
 
-from server.surface.app import build_server
 from server.config import Settings
+from server.surface.app import build_server
 from tests.conftest import FAKE_KEY
 
 LOCAL_TOOLS = {"current_time", "system_info", "math_calculator", "random_generator"}
 
 
 def settings_for(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"api_key": FAKE_KEY, "base_url": base_url, "db_path": tmp_path / "conversations.db",
-                              "max_retries": 2, "retry_max_wait": 5.0}  # fmt: skip
+    values: dict[str, Any] = {
+        "api_key": FAKE_KEY,
+        "base_url": base_url,
+        "db_path": tmp_path / "conversations.db",
+        "max_retries": 2,
+        "retry_max_wait": 5.0,
+    }
     values.update(overrides)
     return Settings(**values)
 

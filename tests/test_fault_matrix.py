@@ -55,12 +55,31 @@ def _server_pid(parent: int) -> int:
 async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     tmp = tmp_path_factory.mktemp("matrix")
     servers = tmp / "servers.json"
-    servers.write_text(json.dumps({"mcpServers": {"fx": {"command": sys.executable, "cwd": str(REPO),
-                                                          "args": ["-m", "tests.fixtures.downstream_server"]}}}))  # fmt: skip
+    servers.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "fx": {
+                        "command": sys.executable,
+                        "cwd": str(REPO),
+                        "args": ["-m", "tests.fixtures.downstream_server"],
+                    }
+                }
+            }
+        )
+    )
     with StandIn() as upstream:
-        env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_LOG_LEVEL": "DEBUG",
-               "KEY4U_DB_PATH": str(tmp / "db.sqlite3"), "KEY4U_MCP_SERVERS": str(servers), "KEY4U_MAX_RETRIES": "1",
-               "KEY4U_RETRY_MAX_WAIT": "5", "KEY4U_TOOL_TIMEOUT": "2", "KEY4U_DEADLINE": "40"}  # fmt: skip
+        env = {
+            "KEY4U_API_KEY": FAKE_KEY,
+            "KEY4U_BASE_URL": upstream.base_url,
+            "KEY4U_LOG_LEVEL": "DEBUG",
+            "KEY4U_DB_PATH": str(tmp / "db.sqlite3"),
+            "KEY4U_MCP_SERVERS": str(servers),
+            "KEY4U_MAX_RETRIES": "1",
+            "KEY4U_RETRY_MAX_WAIT": "5",
+            "KEY4U_TOOL_TIMEOUT": "2",
+            "KEY4U_DEADLINE": "40",
+        }
         errlog = tmp / "stderr.txt"
         with errlog.open("w") as err:
             params = StdioServerParameters(command=script(), env=env)
@@ -98,14 +117,26 @@ UPSTREAM_ROWS: list[tuple[str, Faults, dict[str, Any], str, str, int | None]] = 
     ("401", Faults(status=401), {}, "failed", "HTTP 401", 1),
     ("403", Faults(status=403), {}, "failed", "HTTP 403", 1),
     ("404 route", Faults(status=404), {}, "failed", "/v1/responses", 1),
-    ("400 with message", Faults(status=400, error_message="Unsupported parameter: 'reasoning.effort'"), {}, "failed",
-     "Unsupported parameter: 'reasoning.effort'", 1),
+    (
+        "400 with message",
+        Faults(status=400, error_message="Unsupported parameter: 'reasoning.effort'"),
+        {},
+        "failed",
+        "Unsupported parameter: 'reasoning.effort'",
+        1,
+    ),
     ("429 Retry-After seconds", Faults(status=429, retry_after="0.2", fail_requests=set()), {}, "completed", "", 2),
     ("429 retry-after-ms", Faults(status=429, retry_after_ms="150", fail_requests=set()), {}, "completed", "", 2),
     ("429 Retry-After HTTP date", Faults(status=429, fail_requests=set()), {}, "completed", "", 2),
     ("429 Retry-After too long", Faults(status=429, retry_after="3600"), {}, "failed", "rate limited", 1),
-    ("quota 429", Faults(status=429, error_code="insufficient_quota", error_message="You exceeded your current quota"),
-     {}, "failed", "quota", 1),
+    (
+        "quota 429",
+        Faults(status=429, error_code="insufficient_quota", error_message="You exceeded your current quota"),
+        {},
+        "failed",
+        "quota",
+        1,
+    ),
     ("500", Faults(status=500), {}, "failed", "HTTP 500", 2),
     ("502", Faults(status=502), {}, "failed", "HTTP 502", 2),
     ("503", Faults(status=503), {}, "failed", "HTTP 503", 2),
@@ -115,15 +146,24 @@ UPSTREAM_ROWS: list[tuple[str, Faults, dict[str, Any], str, str, int | None]] = 
     ("malformed JSON", Faults(malformed_json=True), {}, "failed", "not JSON", 1),
     ("200 with an error object", Faults(ok_with_error=True), {}, "failed", "bad_response_body", 1),
     ("error event mid-stream", Faults(error_event_after=2), {}, "failed", "stream error", 1),
-    ("incomplete with truncated arguments", Faults(response_status="incomplete"), {"prompt": "Calculate 2 + 3"},
-     "incomplete", "not run", 1),
+    (
+        "incomplete with truncated arguments",
+        Faults(response_status="incomplete"),
+        {"prompt": "Calculate 2 + 3"},
+        "incomplete",
+        "not run",
+        1,
+    ),
     ("failed response", Faults(response_status="failed"), {}, "failed", "response failed", 1),
     ("renamed model", Faults(model_alias="gpt-4.1-2025-04-14"), {}, "completed", "model gpt-4.1-2025-04-14", 1),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("faults", "arguments", "status", "fragment", "requests"),
-                         [r[1:] for r in UPSTREAM_ROWS], ids=[r[0] for r in UPSTREAM_ROWS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("faults", "arguments", "status", "fragment", "requests"),
+    [r[1:] for r in UPSTREAM_ROWS],
+    ids=[r[0] for r in UPSTREAM_ROWS],
+)
 async def test_upstream_fault(
     harness: Harness, faults: Faults, arguments: dict[str, Any], status: str, fragment: str, requests: int | None
 ) -> None:
@@ -145,22 +185,48 @@ async def test_upstream_fault(
 
 # Model and tool misbehaviour: the call's output tells the model; the conversation goes on.
 MODEL_ROWS: list[tuple[str, Faults, dict[str, Any], str, str]] = [
-    ("invalid argument JSON", Faults(bad_arguments="{oops"), {"prompt": "Calculate 2 + 3",
-     "tools": ["math_calculator"]}, "completed", "not valid JSON"),
-    ("arguments that violate the schema", Faults(bad_arguments='{"operation": 5, "a": "x"}'),
-     {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]}, "completed", "invalid arguments"),
-    ("unknown tool", Faults(call_unknown_tool="rm_rf"), {"prompt": "hello", "tools": []}, "completed",
-     "no tool named 'rm_rf'"),
-    ("a tool that raises", Faults(), {"prompt": "explode it", "tools": ["fx__explode"]}, "completed",
-     "Error: Error executing tool explode"),
+    (
+        "invalid argument JSON",
+        Faults(bad_arguments="{oops"),
+        {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]},
+        "completed",
+        "not valid JSON",
+    ),
+    (
+        "arguments that violate the schema",
+        Faults(bad_arguments='{"operation": 5, "a": "x"}'),
+        {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]},
+        "completed",
+        "invalid arguments",
+    ),
+    (
+        "unknown tool",
+        Faults(call_unknown_tool="rm_rf"),
+        {"prompt": "hello", "tools": []},
+        "completed",
+        "no tool named 'rm_rf'",
+    ),
+    (
+        "a tool that raises",
+        Faults(),
+        {"prompt": "explode it", "tools": ["fx__explode"]},
+        "completed",
+        "Error: Error executing tool explode",
+    ),
     ("a tool that hangs", Faults(), {"prompt": "hang it", "tools": ["fx__hang"]}, "completed", "did not"),
-    ("a runaway loop", Faults(tool_call_loop=True), {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"],
-     "max_turns": 3}, "incomplete", "max_turns=3"),
-]  # fmt: skip
+    (
+        "a runaway loop",
+        Faults(tool_call_loop=True),
+        {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"], "max_turns": 3},
+        "incomplete",
+        "max_turns=3",
+    ),
+]
 
 
-@pytest.mark.parametrize(("faults", "arguments", "status", "fragment"), [r[1:] for r in MODEL_ROWS],
-                         ids=[r[0] for r in MODEL_ROWS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("faults", "arguments", "status", "fragment"), [r[1:] for r in MODEL_ROWS], ids=[r[0] for r in MODEL_ROWS]
+)
 async def test_model_or_tool_fault(
     harness: Harness, faults: Faults, arguments: dict[str, Any], status: str, fragment: str
 ) -> None:
@@ -188,11 +254,16 @@ async def test_client_cancel_mid_turn(harness: Harness) -> None:
 async def test_connection_refused(tmp_path: Path) -> None:
     with StandIn() as gone:
         url = gone.base_url
-    env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": url, "KEY4U_DB_PATH": str(tmp_path / "db"),
-           "KEY4U_MAX_RETRIES": "1"}  # fmt: skip
+    env = {
+        "KEY4U_API_KEY": FAKE_KEY,
+        "KEY4U_BASE_URL": url,
+        "KEY4U_DB_PATH": str(tmp_path / "db"),
+        "KEY4U_MAX_RETRIES": "1",
+    }
     with (tmp_path / "err").open("w") as err:
-        async with Client(stdio_client(StdioServerParameters(command=script(), env=env), errlog=err),
-                          mode="legacy") as client:  # fmt: skip
+        async with Client(
+            stdio_client(StdioServerParameters(command=script(), env=env), errlog=err), mode="legacy"
+        ) as client:
             result = await client.call_tool("key4u_respond", {"prompt": "hello"})
             after = await client.call_tool("math_calculator", {"operation": "add", "a": 1, "b": 1})
     assert result.is_error and "could not reach the gateway" in text_of(result)
@@ -203,14 +274,25 @@ async def test_connection_refused(tmp_path: Path) -> None:
 async def test_stdin_closed_mid_call(tmp_path: Path) -> None:
     with StandIn() as upstream:
         upstream.faults = Faults(first_byte_delay=30)
-        env = {**os.environ, "KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url,
-               "KEY4U_DB_PATH": str(tmp_path / "db")}  # fmt: skip
-        async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, env=env) as proc:  # fmt: skip
+        env = {
+            **os.environ,
+            "KEY4U_API_KEY": FAKE_KEY,
+            "KEY4U_BASE_URL": upstream.base_url,
+            "KEY4U_DB_PATH": str(tmp_path / "db"),
+        }
+        async with await anyio.open_process(
+            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        ) as proc:
             assert proc.stdin is not None and proc.stdout is not None
-            call_msg = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                        "params": {"name": "key4u_respond", "arguments": {"prompt": "hello"}}}  # fmt: skip
-            await proc.stdin.send(_raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg))
+            call_msg = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "key4u_respond", "arguments": {"prompt": "hello"}},
+            }
+            await proc.stdin.send(
+                _raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg)
+            )
             with anyio.fail_after(30):
                 while not upstream.state.active:  # the call reached the gateway
                     await anyio.sleep(0.02)
@@ -224,12 +306,21 @@ async def test_stdin_closed_mid_call(tmp_path: Path) -> None:
 
 async def test_a_64_mib_request_line(tmp_path: Path) -> None:
     env = {**os.environ, "KEY4U_DB_PATH": str(tmp_path / "db")}
-    huge = (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"math_calculator","arguments":'
-            b'{"operation":"' + b"x" * (64 * 1024 * 1024) + b'"}}}\n')  # fmt: skip
-    after = _raw_session({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                  "params": {"name": "math_calculator", "arguments": {"operation": "add", "a": 1, "b": 2}}})  # fmt: skip
-    async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env) as proc:  # fmt: skip
+    huge = (
+        b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"math_calculator","arguments":'
+        b'{"operation":"' + b"x" * (64 * 1024 * 1024) + b'"}}}\n'
+    )
+    after = _raw_session(
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "math_calculator", "arguments": {"operation": "add", "a": 1, "b": 2}},
+        }
+    )
+    async with await anyio.open_process(
+        [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         await proc.stdin.send(_raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
         await proc.stdin.send(huge)

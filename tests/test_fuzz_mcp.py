@@ -17,8 +17,9 @@ import pytest
 
 from tests.server.transports.test_stdio import script
 
-pytestmark = pytest.mark.skipif(shutil.which("mcp-fuzzer", path=str(Path(sys.executable).parent)) is None,
-                                reason="mcp-fuzzer is not installed")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    shutil.which("mcp-fuzzer", path=str(Path(sys.executable).parent)) is None, reason="mcp-fuzzer is not installed"
+)
 
 
 def test_fuzzing_the_mcp_surface_crashes_nothing(tmp_path: Path) -> None:
@@ -26,11 +27,35 @@ def test_fuzzing_the_mcp_surface_crashes_nothing(tmp_path: Path) -> None:
     assert fuzzer
     out = tmp_path / "out"
     done = subprocess.run(
-        [fuzzer, "--mode", "all", "--phase", "both", "--protocol", "stdio", "--endpoint", script(),
-         "--runs", "25", "--runs-per-type", "5", "--seed", "7", "--timeout", "15", "--tool-timeout", "15",
-         "--no-network", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            fuzzer,
+            "--mode",
+            "all",
+            "--phase",
+            "both",
+            "--protocol",
+            "stdio",
+            "--endpoint",
+            script(),
+            "--runs",
+            "25",
+            "--runs-per-type",
+            "5",
+            "--seed",
+            "7",
+            "--timeout",
+            "15",
+            "--tool-timeout",
+            "15",
+            "--no-network",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "completed"
@@ -40,4 +65,3 @@ def test_fuzzing_the_mcp_surface_crashes_nothing(tmp_path: Path) -> None:
         outcomes = result["outcomes"]
         assert outcomes["crashed"] == 0 and outcomes["anomaly"] == 0 and outcomes["exceptions"] == 0, (name, outcomes)
     assert summary["protocols"]["total_runs"] > 0
-

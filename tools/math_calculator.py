@@ -25,13 +25,31 @@ DESCRIPTION = (
 Operation = Literal["add", "subtract", "multiply", "divide", "power"]
 OPERATIONS: tuple[Operation, ...] = ("add", "subtract", "multiply", "divide", "power")
 _ALIASES: dict[str, Operation] = {
-    "+": "add", "plus": "add", "sum": "add", "addition": "add",
-    "-": "subtract", "minus": "subtract", "sub": "subtract", "subtraction": "subtract", "difference": "subtract",
-    "*": "multiply", "x": "multiply", "times": "multiply", "mul": "multiply", "product": "multiply",
+    "+": "add",
+    "plus": "add",
+    "sum": "add",
+    "addition": "add",
+    "-": "subtract",
+    "minus": "subtract",
+    "sub": "subtract",
+    "subtraction": "subtract",
+    "difference": "subtract",
+    "*": "multiply",
+    "x": "multiply",
+    "times": "multiply",
+    "mul": "multiply",
+    "product": "multiply",
     "multiplication": "multiply",
-    "/": "divide", "div": "divide", "division": "divide", "quotient": "divide",
-    "^": "power", "**": "power", "pow": "power", "exponent": "power", "exponentiation": "power",
-}  # fmt: skip
+    "/": "divide",
+    "div": "divide",
+    "division": "divide",
+    "quotient": "divide",
+    "^": "power",
+    "**": "power",
+    "pow": "power",
+    "exponent": "power",
+    "exponentiation": "power",
+}
 _SYMBOL: dict[Operation, str] = {"add": "+", "subtract": "-", "multiply": "×", "divide": "÷", "power": "^"}
 
 #: log10 of the largest finite double (about 1.8e308).
@@ -113,7 +131,9 @@ def _compute(op: Operation, a: Decimal, b: Decimal) -> Decimal:
 
 
 def math_calculator(
-    operation: Annotated[str, Field(description="Operation type: add, subtract, multiply, divide, power", max_length=32)],
+    operation: Annotated[
+        str, Field(description="Operation type: add, subtract, multiply, divide, power", max_length=32)
+    ],
     a: Annotated[float, Field(description="First number", allow_inf_nan=False)],
     b: Annotated[float, Field(description="Second number", allow_inf_nan=False)],
 ) -> Calculation:
@@ -134,7 +154,9 @@ def math_calculator(
         a_text = f"({a_text})"
     value = float(exact)
     if not math.isfinite(value):
-        raise ToolInputError(f"the result ({text}) is beyond the largest number this calculator handles (about 1.8e308)")
+        raise ToolInputError(
+            f"the result ({text}) is beyond the largest number this calculator handles (about 1.8e308)"
+        )
     result: int | float = int(exact) if exact == exact.to_integral_value() and abs(value) < 2**53 else value
     return Calculation(
         operation=op, a=a, b=b, result=result, exact=text, expression=f"{a_text} {_SYMBOL[op]} {b_text} = {text}"

@@ -31,8 +31,8 @@ class RandomNumbers(BaseModel):
 
 
 def random_generator(
-    min: Annotated[int, Field(description="Minimum value (default 1)")] = 1,  # noqa: A002 - the example's name
-    max: Annotated[int, Field(description="Maximum value (default 100)")] = 100,  # noqa: A002
+    min: Annotated[int, Field(description="Minimum value (default 1)")] = 1,
+    max: Annotated[int, Field(description="Maximum value (default 100)")] = 100,
     count: Annotated[int, Field(description=f"Number of values to generate (default 1, maximum {MAX_COUNT})")] = 1,
 ) -> RandomNumbers:
     """Draw ``count`` integers from ``min`` to ``max`` inclusive."""

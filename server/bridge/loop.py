@@ -118,8 +118,14 @@ def build_request(conv: Conversation, tools: Toolset, limits: LoopLimits) -> dic
     if reasoning and not body["store"]:
         body["include"] = ["reasoning.encrypted_content"]
     if opts.response_format is not None:
-        body["text"] = {"format": {"type": "json_schema", "name": "result", "schema": opts.response_format,
-                                   "strict": _strict_format(opts.response_format)}}  # fmt: skip
+        body["text"] = {
+            "format": {
+                "type": "json_schema",
+                "name": "result",
+                "schema": opts.response_format,
+                "strict": _strict_format(opts.response_format),
+            }
+        }
     if opts.max_output_tokens:
         body["max_output_tokens"] = opts.max_output_tokens
     if opts.metadata:
@@ -208,8 +214,13 @@ class Loop:
             )
             # Replayed calls need outputs, or the next request is refused.
             for call in calls:
-                conv.items.append({"type": "function_call_output", "call_id": call.call_id,
-                                   "output": error_output("not run: the response was cut off")})  # fmt: skip
+                conv.items.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": call.call_id,
+                        "output": error_output("not run: the response was cut off"),
+                    }
+                )
             return True
         if not calls:
             conv.status = "completed"
@@ -266,7 +277,9 @@ class Loop:
                     tg.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
         for call in calls:
             if call.call_id in outputs:
-                conv.items.append({"type": "function_call_output", "call_id": call.call_id, "output": outputs[call.call_id]})
+                conv.items.append(
+                    {"type": "function_call_output", "call_id": call.call_id, "output": outputs[call.call_id]}
+                )
         if pending:
             conv.pending_calls = pending
             conv.status = "requires_action"
@@ -303,9 +316,26 @@ class Loop:
             await self._say(f"{name} {'done' if ok else 'failed'} in {ms:.0f} ms")
 
     @staticmethod
-    def _trace(conv: Conversation, turn: int, call: FunctionCall, name: str, arguments: dict[str, Any] | str,
-               ok: bool, ms: float, started_ms: float, output: str) -> None:  # fmt: skip
+    def _trace(
+        conv: Conversation,
+        turn: int,
+        call: FunctionCall,
+        name: str,
+        arguments: dict[str, Any] | str,
+        ok: bool,
+        ms: float,
+        started_ms: float,
+        output: str,
+    ) -> None:
         conv.tool_calls.append(
-            ToolCallTrace(turn=turn, call_id=call.call_id, name=name, arguments=arguments, ok=ok,
-                          ms=round(ms, 2), started_ms=round(started_ms, 2), output=output[:500])  # fmt: skip
+            ToolCallTrace(
+                turn=turn,
+                call_id=call.call_id,
+                name=name,
+                arguments=arguments,
+                ok=ok,
+                ms=round(ms, 2),
+                started_ms=round(started_ms, 2),
+                output=output[:500],
+            )
         )

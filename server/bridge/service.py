@@ -20,17 +20,17 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from server.config import Settings
 from server.bridge.conversation import Conversation, Options, PendingCall, Status, ToolCallTrace, UsageTotals
+from server.config import Settings
 from server.logs import mask
-from server.toolsets.policy import SEPARATOR, Mode, Policy
 from server.store.sqlite import ConversationStore
+from server.toolsets.policy import SEPARATOR, Mode, Policy
 
 if TYPE_CHECKING:
     # The loop machinery is imported where it is first used, not at start-up: hosts start
     # every configured server at launch, and this module is on the way to ``initialize``.
-    from server.toolsets.hub import Hub
     from server.bridge.loop import LoopLimits, ToolRunner, Toolset, Upstream
+    from server.toolsets.hub import Hub
     from server.upstream.translation import FunctionSpec
 
 logger = logging.getLogger(__name__)
@@ -191,8 +191,18 @@ class Bridge:
 
     @staticmethod
     def _option_args(args: dict[str, Any]) -> dict[str, Any]:
-        keys = ("instructions", "tools", "reasoning_effort", "web_search", "response_format", "tool_choice",
-                "parallel_tool_calls", "max_turns", "max_output_tokens", "metadata")  # fmt: skip
+        keys = (
+            "instructions",
+            "tools",
+            "reasoning_effort",
+            "web_search",
+            "response_format",
+            "tool_choice",
+            "parallel_tool_calls",
+            "max_turns",
+            "max_output_tokens",
+            "metadata",
+        )
         result = {k: args[k] for k in keys if args.get(k) is not None}
         if args.get("functions") is not None:
             result["functions"] = [f.model_dump(by_alias=True) for f in args["functions"]]
@@ -216,8 +226,11 @@ class Bridge:
             conv.notes = [*conv.notes, "the process running this conversation stopped before it finished"]
         if conv.status == "in_progress":
             # Saved as running by another process sharing the database (or one that stopped mid-way).
-            conv.notes = [*conv.notes, f"this conversation is running in another server process (last saved "
-                          f"{time.time() - conv.updated_at:.0f} s ago); call again with only its conversation_id"]  # fmt: skip
+            conv.notes = [
+                *conv.notes,
+                f"this conversation is running in another server process (last saved "
+                f"{time.time() - conv.updated_at:.0f} s ago); call again with only its conversation_id",
+            ]
             if wants_more:
                 raise ToolError(conv.notes[-1])
             return self._finished_job(conv)
@@ -231,7 +244,9 @@ class Bridge:
         if conv.status == "requires_action":
             self._add_function_outputs(conv, args.get("function_outputs") or [])
         elif args.get("function_outputs"):
-            raise ToolError(f"conversation {conversation_id} is not waiting for function outputs (status {conv.status})")
+            raise ToolError(
+                f"conversation {conversation_id} is not waiting for function outputs (status {conv.status})"
+            )
         if args.get("prompt"):
             conv.items.append({"type": "message", "role": "user", "content": args["prompt"]})
         conv.notes, conv.error = [], None
@@ -246,16 +261,23 @@ class Bridge:
             raise ToolError(f"no pending call has call_id {', '.join(unknown)}; pending: {', '.join(pending)}")
         missing = sorted(set(pending) - set(given))
         if missing:
-            raise ToolError(
-                f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}"
-            )
+            raise ToolError(f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}")
         for call_id, call in pending.items():
             value = given[call_id].output
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             conv.items.append({"type": "function_call_output", "call_id": call_id, "output": text})
             conv.tool_calls.append(
-                ToolCallTrace(turn=conv.turns, call_id=call_id, name=call.name, arguments=call.arguments, ok=True,
-                              ms=0.0, started_ms=0.0, output=text[:500], ran_by="caller")  # fmt: skip
+                ToolCallTrace(
+                    turn=conv.turns,
+                    call_id=call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                    ok=True,
+                    ms=0.0,
+                    started_ms=0.0,
+                    output=text[:500],
+                    ran_by="caller",
+                )
             )
         conv.pending_calls = []
 
@@ -277,8 +299,9 @@ class Bridge:
             from server.bridge.loop import LoopLimits
 
             s = self.settings
-            self._limits = LoopLimits(concurrency=s.tool_concurrency, call_timeout=s.tool_timeout,
-                                      conversation_mode=s.conversation_mode)  # fmt: skip
+            self._limits = LoopLimits(
+                concurrency=s.tool_concurrency, call_timeout=s.tool_timeout, conversation_mode=s.conversation_mode
+            )
         return self._limits
 
     def _spec(self, name: str, description: str | None, schema: dict[str, Any], api_name: str) -> FunctionSpec:
@@ -301,7 +324,11 @@ class Bridge:
         available = self._available()
         names = list(available) if opts.tools is None else opts.tools
         unknown = [n for n in names if n not in available]
-        down = [p for p in self.hub.problems() if any(f"'{n.partition(SEPARATOR)[0]}'" in p for n in unknown)] if self.hub else []
+        down = (
+            [p for p in self.hub.problems() if any(f"'{n.partition(SEPARATOR)[0]}'" in p for n in unknown)]
+            if self.hub
+            else []
+        )
         if down:
             raise ToolError(f"{'; '.join(down)}; it is retried with backoff, try again shortly")
         if unknown:
@@ -351,8 +378,7 @@ class Bridge:
         conv.status = "in_progress"
         self.store.put(conv)  # other replicas sharing the database see that it runs
         assert self.upstream is not None
-        loop = Loop(upstream=self.upstream(), runner=self.runner, tools=tools, limits=self.limits,
-                    progress=job.notify)  # fmt: skip
+        loop = Loop(upstream=self.upstream(), runner=self.runner, tools=tools, limits=self.limits, progress=job.notify)
 
         async def run() -> None:
             try:
@@ -384,8 +410,11 @@ class Bridge:
         conv = job.conversation
         if not job.done.is_set():
             snapshot = conv.model_copy(update={"status": "in_progress"})
-            snapshot.notes = [*conv.notes, f"still working after {self.settings.deadline:g} s; call key4u_respond "
-                              f"with conversation_id={conv.id!r} (and nothing else) to wait for the result"]  # fmt: skip
+            snapshot.notes = [
+                *conv.notes,
+                f"still working after {self.settings.deadline:g} s; call key4u_respond "
+                f"with conversation_id={conv.id!r} (and nothing else) to wait for the result",
+            ]
             return self.result(snapshot)
         return self.result(conv)
 
@@ -417,17 +446,23 @@ def render(result: RespondResult, limit: int) -> str:
     if result.text:
         lines.append(result.text)
     elif result.status == "requires_action":
-        lines.append("The model asked for these function calls; run them and call key4u_respond again with "
-                     f"conversation_id={result.conversation_id!r} and function_outputs:")  # fmt: skip
+        lines.append(
+            "The model asked for these function calls; run them and call key4u_respond again with "
+            f"conversation_id={result.conversation_id!r} and function_outputs:"
+        )
     if result.pending_calls:
-        lines += [f"- {p.call_id}: {p.name}({json.dumps(p.arguments, ensure_ascii=False)})" for p in result.pending_calls]
+        lines += [
+            f"- {p.call_id}: {p.name}({json.dumps(p.arguments, ensure_ascii=False)})" for p in result.pending_calls
+        ]
     if result.error:
         lines.append(f"Error: {result.error}")
     lines += [f"Note: {n}" for n in result.notes]
     calls = result.tool_calls
-    summary = (f"[{result.status} · model {result.model or 'unknown'} · {result.turns} turn(s) · "
-               f"{len(calls)} tool call(s), {sum(not c.ok for c in calls)} failed · tokens in "
-               f"{result.usage.input_tokens} / out {result.usage.output_tokens} · {result.conversation_id}]")  # fmt: skip
+    summary = (
+        f"[{result.status} · model {result.model or 'unknown'} · {result.turns} turn(s) · "
+        f"{len(calls)} tool call(s), {sum(not c.ok for c in calls)} failed · tokens in "
+        f"{result.usage.input_tokens} / out {result.usage.output_tokens} · {result.conversation_id}]"
+    )
     body = "\n".join(lines)
     marker = f"\n[... truncated; the full transcript is the resource {result.transcript}]"
     if len(body) > limit:
@@ -450,13 +485,20 @@ def to_call_result(result: RespondResult, limit: int) -> CallToolResult:
 def transcript(conv: Conversation) -> str:
     """The full conversation as JSON: every item sent and received, and the trace."""
     return json.dumps(
-        {"conversation_id": conv.id, "status": conv.status, "model": conv.model, "options": conv.options.model_dump(),
-         "items": conv.items, "tool_calls": [t.model_dump() for t in conv.tool_calls],
-         "usage": conv.usage.model_dump(), "created_at": conv.created_at, "updated_at": conv.updated_at},  # fmt: skip
+        {
+            "conversation_id": conv.id,
+            "status": conv.status,
+            "model": conv.model,
+            "options": conv.options.model_dump(),
+            "items": conv.items,
+            "tool_calls": [t.model_dump() for t in conv.tool_calls],
+            "usage": conv.usage.model_dump(),
+            "created_at": conv.created_at,
+            "updated_at": conv.updated_at,
+        },
         ensure_ascii=False,
         indent=1,
     )
-
 
 
 __all__ = ["Bridge", "FunctionDefinition", "FunctionOutput", "RespondResult", "to_call_result"]

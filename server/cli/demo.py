@@ -128,8 +128,9 @@ class Demo:
             out(f"  ... {message}")
 
         t0 = time.perf_counter()
-        result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}},
-                                        progress_callback=progress)  # fmt: skip
+        result = await client.call_tool(
+            "key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}}, progress_callback=progress
+        )
         wall = (time.perf_counter() - t0) * 1000
         data = result.structured_content or {}
         if result.is_error or data.get("status") != "completed":
@@ -143,28 +144,36 @@ class Demo:
         calls = data["tool_calls"]
         for turn in range(1, data["turns"] + 1):
             in_turn = [c for c in calls if c["turn"] == turn]
-            out(f"\n  Turn {turn}: " + (f"the model called {len(in_turn)} tool(s)" if in_turn else "the model answered"))
+            out(
+                f"\n  Turn {turn}: " + (f"the model called {len(in_turn)} tool(s)" if in_turn else "the model answered")
+            )
             for call in sorted(in_turn, key=lambda c: c["started_ms"]):
                 first_line = call["output"].splitlines()[0] if call["output"] else ""
                 out(f"    {call['name']}({json.dumps(call['arguments'])})")
-                out(f"      {'ok' if call['ok'] else 'ERROR'}: started at +{call['started_ms']:.1f} ms, "
-                    f"took {call['ms']:.1f} ms -> {first_line[:100]}")  # fmt: skip
+                out(
+                    f"      {'ok' if call['ok'] else 'ERROR'}: started at +{call['started_ms']:.1f} ms, "
+                    f"took {call['ms']:.1f} ms -> {first_line[:100]}"
+                )
             if len(in_turn) > 1:
                 starts = [c["started_ms"] for c in in_turn]
                 ends = [c["started_ms"] + c["ms"] for c in in_turn]
                 overlap = max(starts) < min(ends)
-                out(f"    {'All ran at the same time' if overlap else 'Ran concurrently'}: "
+                out(
+                    f"    {'All ran at the same time' if overlap else 'Ran concurrently'}: "
                     f"{max(ends) - min(starts):.1f} ms from first start to last finish, "
-                    f"against {sum(c['ms'] for c in in_turn):.1f} ms if run one after another.")  # fmt: skip
+                    f"against {sum(c['ms'] for c in in_turn):.1f} ms if run one after another."
+                )
         if any(not c["ok"] for c in calls):
             self.failures.append("a tool call failed")
         usage = data["usage"]
         out("\n  Final answer:")
         for line in data["text"].splitlines():
             out(f"    {line}")
-        out(f"\n  Model (as reported): {data['model']} · turns {data['turns']} · "
+        out(
+            f"\n  Model (as reported): {data['model']} · turns {data['turns']} · "
             f"tokens in {usage['input_tokens']} (cached {usage['cached_tokens']}) / out {usage['output_tokens']} "
-            f"(reasoning {usage['reasoning_tokens']}) · {wall_ms:.0f} ms")  # fmt: skip
+            f"(reasoning {usage['reasoning_tokens']}) · {wall_ms:.0f} ms"
+        )
         out(f"  Transcript resource: {data['transcript']}")
 
 

@@ -12,8 +12,8 @@ import httpx
 
 from server import errors
 from server.config import Settings
-from server.toolsets.hub import Hub, load_hub_config
 from server.logs import mask
+from server.toolsets.hub import Hub, load_hub_config
 from server.upstream.responses import ResponsesClient, RetryPolicy
 from server.upstream.wire import ResponseObject
 
@@ -42,8 +42,10 @@ def advice(exc: errors.UpstreamError, model: str) -> str:
     if isinstance(exc, errors.NotFoundError):
         if exc.code == "model_not_found" or "model" in exc.message.lower():
             return f"the gateway does not offer model {model!r} to this key: set KEY4U_MODEL to one it lists"
-        return ("this gateway has no /v1/responses route (one-api and older gateways only have /v1/chat/completions): "
-                "use a gateway that supports the Responses API, or check KEY4U_BASE_URL ends in /v1")  # fmt: skip
+        return (
+            "this gateway has no /v1/responses route (one-api and older gateways only have /v1/chat/completions): "
+            "use a gateway that supports the Responses API, or check KEY4U_BASE_URL ends in /v1"
+        )
     if isinstance(exc, errors.AuthenticationError):
         return "the key was rejected: copy it again from the gateway console into KEY4U_API_KEY"
     return exc.hint or "see the error"
@@ -62,8 +64,12 @@ class Doctor:
     async def run(self) -> list[Check]:
         s = self.settings
         parts = urlsplit(s.base_url)
-        self.add("base URL", True, s.base_url,
-                 "" if parts.path.rstrip("/").endswith("/v1") else "most gateways need the URL to end in /v1")  # fmt: skip
+        self.add(
+            "base URL",
+            True,
+            s.base_url,
+            "" if parts.path.rstrip("/").endswith("/v1") else "most gateways need the URL to end in /v1",
+        )
         if s.api_key is None:
             self.add("API key", False, "not set", "set KEY4U_API_KEY (or OPENAI_API_KEY)")
             return self.checks
@@ -79,10 +85,16 @@ class Doctor:
 
     async def _models(self, key: str) -> None:
         try:
-            response = await self.http.get(f"{self.settings.base_url}/models", headers={"Authorization": f"Bearer {key}"})
+            response = await self.http.get(
+                f"{self.settings.base_url}/models", headers={"Authorization": f"Bearer {key}"}
+            )
         except httpx.HTTPError as exc:
-            self.add("reach the gateway", False, f"{type(exc).__name__}: {exc}",
-                     "check KEY4U_BASE_URL, the network and any proxy settings")  # fmt: skip
+            self.add(
+                "reach the gateway",
+                False,
+                f"{type(exc).__name__}: {exc}",
+                "check KEY4U_BASE_URL, the network and any proxy settings",
+            )
             return
         if response.status_code == 200:
             try:
@@ -90,12 +102,19 @@ class Doctor:
             except (ValueError, AttributeError):
                 ids = []
             listed = self.settings.model in ids
-            self.add("GET /models", True, f"{len(ids)} models; {self.settings.model} "
-                     f"{'listed' if listed else 'not listed'}",
-                     "" if listed or not ids else "set KEY4U_MODEL to one of the listed models")  # fmt: skip
+            self.add(
+                "GET /models",
+                True,
+                f"{len(ids)} models; {self.settings.model} {'listed' if listed else 'not listed'}",
+                "" if listed or not ids else "set KEY4U_MODEL to one of the listed models",
+            )
         else:
-            self.add("GET /models", response.status_code not in (401, 403), f"HTTP {response.status_code}",
-                     "the key was rejected" if response.status_code in (401, 403) else "")  # fmt: skip
+            self.add(
+                "GET /models",
+                response.status_code not in (401, 403),
+                f"HTTP {response.status_code}",
+                "the key was rejected" if response.status_code in (401, 403) else "",
+            )
 
     async def _call(self, name: str, call: Callable[[], Awaitable[ResponseObject]]) -> ResponseObject | None:
         t0 = time.perf_counter()
@@ -112,13 +131,22 @@ class Doctor:
         response = await self._call(name, lambda: client.create(body, stream=stream))
         if response is None:
             return False
-        self.add(name, True, f"{response.status} in {self.last_ms:.0f} ms; model reported as {response.model}; "
-                 f"store:false accepted; said {response.text()[:40]!r}")  # fmt: skip
+        self.add(
+            name,
+            True,
+            f"{response.status} in {self.last_ms:.0f} ms; model reported as {response.model}; "
+            f"store:false accepted; said {response.text()[:40]!r}",
+        )
         return True
 
     async def _function_calling(self, client: ResponsesClient) -> None:
-        body = {"model": self.settings.model, "input": "What is the magic number?", "tools": [PROBE_TOOL],
-                "tool_choice": "required", "store": False}  # fmt: skip
+        body = {
+            "model": self.settings.model,
+            "input": "What is the magic number?",
+            "tools": [PROBE_TOOL],
+            "tool_choice": "required",
+            "store": False,
+        }
         response = await self._call("function calling", lambda: client.create(body))
         if response is None:
             return
@@ -126,8 +154,12 @@ class Doctor:
         if calls and calls[0].name == "get_magic_number":
             self.add("function calling", True, f"the model called get_magic_number (call_id {calls[0].call_id})")
         else:
-            self.add("function calling", False, "the model answered without calling the tool",
-                     "this model or gateway channel may not support function calling: try another KEY4U_MODEL")  # fmt: skip
+            self.add(
+                "function calling",
+                False,
+                "the model answered without calling the tool",
+                "this model or gateway channel may not support function calling: try another KEY4U_MODEL",
+            )
 
 
 def table(checks: list[Check]) -> str:
@@ -160,8 +192,14 @@ async def downstream_checks(settings: Settings) -> list[Check]:
         elif server.status == "disabled":
             checks.append(Check(f"server {server.name}", True, "disabled"))
         else:
-            checks.append(Check(f"server {server.name}", False, server.error or server.status,
-                                "check its command/url in the servers file; run the command by hand to see why"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"server {server.name}",
+                    False,
+                    server.error or server.status,
+                    "check its command/url in the servers file; run the command by hand to see why",
+                )
+            )
     return checks
 
 
@@ -172,5 +210,7 @@ async def run_doctor(settings: Settings) -> int:
     checks += await downstream_checks(settings)
     print(mask(table(checks), settings.secrets()))
     failed = [c for c in checks if not c.ok]
-    print(f"\n{'All checks passed: the bridge can use this gateway.' if not failed else f'{len(failed)} check(s) failed.'}")
+    print(
+        f"\n{'All checks passed: the bridge can use this gateway.' if not failed else f'{len(failed)} check(s) failed.'}"
+    )
     return 1 if failed else 0

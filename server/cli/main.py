@@ -38,12 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=None, help="log level (stderr only; default INFO)"
     )
-    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio",
-                        help="stdio (default, for MCP hosts) or http (Streamable HTTP at /mcp)")  # fmt: skip
+    parser.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio (default, for MCP hosts) or http (Streamable HTTP at /mcp)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP: port (default 8000)")
-    parser.add_argument("--stateless", action="store_true",
-                        help="HTTP: no MCP sessions, so any replica can answer any request")  # fmt: skip
+    parser.add_argument(
+        "--stateless", action="store_true", help="HTTP: no MCP sessions, so any replica can answer any request"
+    )
     parser.add_argument("--json-response", action="store_true", help="HTTP: answer with JSON instead of SSE")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="serve MCP over stdio (the default)")
@@ -138,8 +143,11 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
     from server.transports.http import serve_http
 
     try:
-        anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless,
-                                     json_response=args.json_response))  # fmt: skip
+        anyio.run(
+            lambda: serve_http(
+                settings, args.host, args.port, stateless=args.stateless, json_response=args.json_response
+            )
+        )
     except ConfigError as exc:
         print(f"key4u-mcp: {exc}", file=sys.stderr)
         return 2

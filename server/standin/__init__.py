@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.transports.asgi_thread import ThreadedServer
 from server.standin.app import Faults, StandInState, create_app, http_date
 from server.standin.model import LABEL
+from server.transports.asgi_thread import ThreadedServer
 
 __all__ = ["LABEL", "Faults", "StandIn", "http_date"]
 

@@ -81,8 +81,15 @@ class StandInState:
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -136,21 +143,37 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
         if tool["type"] != "function":
             continue
         if "function" in tool and "name" not in tool:
-            raise RequestError(400, f"Missing required parameter: 'tools[{i}].name'. (Chat Completions' nested "
-                               "'function' object is not the Responses shape.)", param=f"tools[{i}].name")  # fmt: skip
+            raise RequestError(
+                400,
+                f"Missing required parameter: 'tools[{i}].name'. (Chat Completions' nested "
+                "'function' object is not the Responses shape.)",
+                param=f"tools[{i}].name",
+            )
         name = tool.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise RequestError(400, f"Invalid 'tools[{i}].name': string does not match pattern. Expected a string "
-                               "that matches the pattern '^[a-zA-Z0-9_-]+$'.", param=f"tools[{i}].name",
-                               code="invalid_value")  # fmt: skip
+            raise RequestError(
+                400,
+                f"Invalid 'tools[{i}].name': string does not match pattern. Expected a string "
+                "that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                param=f"tools[{i}].name",
+                code="invalid_value",
+            )
         params = tool.get("parameters")
         if params is not None and (not isinstance(params, dict) or params.get("type", "object") != "object"):
-            raise RequestError(400, f"Invalid schema for function '{name}': schema must be a JSON Schema of "
-                               "'type: \"object\"', got 'type: \"None\"'.", param=f"tools[{i}].parameters",
-                               code="invalid_function_parameters")  # fmt: skip
+            raise RequestError(
+                400,
+                f"Invalid schema for function '{name}': schema must be a JSON Schema of "
+                "'type: \"object\"', got 'type: \"None\"'.",
+                param=f"tools[{i}].parameters",
+                code="invalid_function_parameters",
+            )
         if tool.get("strict") is True and (problem := _strict_problem(params or {"type": "object"})):
-            raise RequestError(400, f"Invalid schema for function '{name}': {problem}",
-                               param=f"tools[{i}].parameters", code="invalid_function_parameters")  # fmt: skip
+            raise RequestError(
+                400,
+                f"Invalid schema for function '{name}': {problem}",
+                param=f"tools[{i}].parameters",
+                code="invalid_function_parameters",
+            )
     return tools
 
 
@@ -161,18 +184,25 @@ def check_input(items: list[dict[str, Any]]) -> None:
     output_ids = {o.get("call_id") for o in outputs}
     for i, item in enumerate(items):
         if item.get("type") == "function_call" and str(item.get("id", "fc_")).startswith("call_"):
-            raise RequestError(400, f"Invalid 'input[{i}].id': '{item['id']}'. Expected an ID that begins with 'fc'.",
-                               param=f"input[{i}].id", code="invalid_value")  # fmt: skip
+            raise RequestError(
+                400,
+                f"Invalid 'input[{i}].id': '{item['id']}'. Expected an ID that begins with 'fc'.",
+                param=f"input[{i}].id",
+                code="invalid_value",
+            )
         if item.get("type") == "function_call" and not isinstance(item.get("arguments"), str):
-            raise RequestError(400, f"Invalid type for 'input[{i}].arguments': expected a string.",
-                               param=f"input[{i}].arguments")  # fmt: skip
+            raise RequestError(
+                400, f"Invalid type for 'input[{i}].arguments': expected a string.", param=f"input[{i}].arguments"
+            )
         if item.get("type") == "function_call_output" and not isinstance(item.get("output"), str | list):
-            raise RequestError(400, f"Invalid type for 'input[{i}].output': expected a string.",
-                               param=f"input[{i}].output")  # fmt: skip
+            raise RequestError(
+                400, f"Invalid type for 'input[{i}].output': expected a string.", param=f"input[{i}].output"
+            )
     for output in outputs:
         if output.get("call_id") not in call_ids:
-            raise RequestError(400, f"No tool call found for function call output with call_id {output.get('call_id')}.",
-                               param="input")  # fmt: skip
+            raise RequestError(
+                400, f"No tool call found for function call output with call_id {output.get('call_id')}.", param="input"
+            )
     for call in calls:
         if call.get("call_id") not in output_ids:
             raise RequestError(400, f"No tool output found for function call {call.get('call_id')}.", param="input")
@@ -184,7 +214,9 @@ def _as_items(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
-        raise RequestError(400, "Invalid type for 'input': expected a string or an array of input items.", param="input")
+        raise RequestError(
+            400, "Invalid type for 'input': expected a string or an array of input items.", param="input"
+        )
     return [{"type": "message", **i} if "type" not in i and "role" in i else i for i in value]
 
 
@@ -214,11 +246,17 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
     prompt = _user_prompt(items)
     names = {c.get("call_id"): c.get("name", "") for c in items if c.get("type") == "function_call"}
     # The outputs of the turn since the last user message are what the answer reports.
-    last_user = max((n for n, i in enumerate(items) if i.get("type") == "message" and i.get("role") == "user"), default=-1)
+    last_user = max(
+        (n for n, i in enumerate(items) if i.get("type") == "message" and i.get("role") == "user"), default=-1
+    )
     turn_outputs = [
-        (names.get(o.get("call_id"), "?"), o["output"] if isinstance(o.get("output"), str) else json.dumps(o.get("output")))
-        for o in items[last_user + 1 :] if o.get("type") == "function_call_output"
-    ]  # fmt: skip
+        (
+            names.get(o.get("call_id"), "?"),
+            o["output"] if isinstance(o.get("output"), str) else json.dumps(o.get("output")),
+        )
+        for o in items[last_user + 1 :]
+        if o.get("type") == "function_call_output"
+    ]
     done = {names.get(o.get("call_id"), "") for o in items[last_user + 1 :] if o.get("type") == "function_call_output"}
     parallel = body.get("parallel_tool_calls", True) is not False
     if faults.tool_call_loop and tools:
@@ -240,16 +278,31 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
         reasoning_tokens = 8
     for call in planned:
         arguments = faults.bad_arguments if faults.bad_arguments is not None else json.dumps(call.arguments)
-        output.append({"id": _id("fc"), "type": "function_call", "status": "completed", "arguments": arguments,
-                       "call_id": _id("call"), "name": call.name})  # fmt: skip
+        output.append(
+            {
+                "id": _id("fc"),
+                "type": "function_call",
+                "status": "completed",
+                "arguments": arguments,
+                "call_id": _id("call"),
+                "name": call.name,
+            }
+        )
     if not planned:
         text_format = (body.get("text") or {}).get("format") or {}
         if text_format.get("type") == "json_schema":
             text = model.structured_answer(text_format.get("schema") or {}, turn_outputs)
         else:
             text = model.answer(prompt, turn_outputs)
-        output.append({"id": _id("msg"), "type": "message", "role": "assistant", "status": "completed",
-                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})  # fmt: skip
+        output.append(
+            {
+                "id": _id("msg"),
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            }
+        )
 
     status, incomplete, error = "completed", None, None
     if faults.response_status == "incomplete":
@@ -272,17 +325,31 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
     }
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
     return {
-        "id": _id("resp"), "object": "response", "created_at": int(time.time()), "status": status,
-        "background": False, "error": error, "incomplete_details": incomplete,
-        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
-        "model": faults.model_alias or body["model"], "output": output,
-        "parallel_tool_calls": parallel, "previous_response_id": body.get("previous_response_id"),
+        "id": _id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "background": False,
+        "error": error,
+        "incomplete_details": incomplete,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": faults.model_alias or body["model"],
+        "output": output,
+        "parallel_tool_calls": parallel,
+        "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": (reasoning or {}).get("effort"), "summary": None},
-        "store": body.get("store", True), "temperature": 1.0,
-        "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
-        "tools": tools, "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": None,
+        "store": body.get("store", True),
+        "temperature": 1.0,
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": tools,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
         "metadata": body.get("metadata") or {},
-    }  # fmt: skip
+    }
 
 
 # --- streaming ----------------------------------------------------------------------------------
@@ -290,26 +357,55 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
 
 def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The event sequence OpenAI sends for ``response``, in order, without sequence numbers."""
-    snapshot = {**response, "status": "in_progress", "output": [], "usage": None, "error": None,
-                "incomplete_details": None}  # fmt: skip
+    snapshot = {
+        **response,
+        "status": "in_progress",
+        "output": [],
+        "usage": None,
+        "error": None,
+        "incomplete_details": None,
+    }
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": snapshot},
         {"type": "response.in_progress", "response": snapshot},
     ]
     for index, item in enumerate(response["output"]):
         if item["type"] == "function_call":
-            events.append({"type": "response.output_item.added", "output_index": index,
-                           "item": {**item, "arguments": "", "status": "in_progress"}})  # fmt: skip
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {**item, "arguments": "", "status": "in_progress"},
+                }
+            )
             args = item["arguments"]
             for start in range(0, len(args), 24):
-                events.append({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                               "output_index": index, "delta": args[start : start + 24]})  # fmt: skip
-            events.append({"type": "response.function_call_arguments.done", "item_id": item["id"],
-                           "output_index": index, "name": item["name"], "arguments": args})  # fmt: skip
+                events.append(
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "delta": args[start : start + 24],
+                    }
+                )
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "name": item["name"],
+                    "arguments": args,
+                }
+            )
         elif item["type"] == "message":
             text = item["content"][0]["text"]
-            events.append({"type": "response.output_item.added", "output_index": index,
-                           "item": {**item, "status": "in_progress", "content": []}})  # fmt: skip
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {**item, "status": "in_progress", "content": []},
+                }
+            )
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             common = {"item_id": item["id"], "output_index": index, "content_index": 0}
             events.append({"type": "response.content_part.added", **common, "part": part})
@@ -345,8 +441,13 @@ async def _sse_events(events: list[dict[str, Any]], faults: Faults) -> AsyncIter
         if faults.reset_stream_after is not None and number >= faults.reset_stream_after:
             raise ConnectionResetError("offline stand-in: stream reset (fault)")
         if faults.error_event_after is not None and number >= faults.error_event_after:
-            error = {"type": "error", "code": "server_error", "param": None, "sequence_number": number,
-                     "message": "The server had an error while processing your request (offline stand-in fault)."}  # fmt: skip
+            error = {
+                "type": "error",
+                "code": "server_error",
+                "param": None,
+                "sequence_number": number,
+                "message": "The server had an error while processing your request (offline stand-in fault).",
+            }
             yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
             return
         data = json.dumps({**event, "sequence_number": number}, ensure_ascii=False)
@@ -371,14 +472,17 @@ def _fault_error(state: StandInState) -> JSONResponse | None:
         404: ("Invalid URL (POST /v1/responses)", "invalid_request_error", None),
         429: ("Rate limit reached for requests (offline stand-in fault).", "requests", "rate_limit_exceeded"),
     }
-    message, type_, code = defaults.get(faults.status, ("Upstream failure (offline stand-in fault).", "server_error", None))
+    message, type_, code = defaults.get(
+        faults.status, ("Upstream failure (offline stand-in fault).", "server_error", None)
+    )
     headers = {}
     if faults.retry_after is not None:
         headers["retry-after"] = faults.retry_after
     if faults.retry_after_ms is not None:
         headers["retry-after-ms"] = faults.retry_after_ms
-    error = RequestError(faults.status, faults.error_message or message, type_=faults.error_type or type_,
-                         code=faults.error_code or code)  # fmt: skip
+    error = RequestError(
+        faults.status, faults.error_message or message, type_=faults.error_type or type_, code=faults.error_code or code
+    )
     return error.response(headers)
 
 
@@ -387,8 +491,9 @@ def _check_key(request: Request, state: StandInState) -> JSONResponse | None:
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     if token and (state.api_key is None or secrets.compare_digest(token.encode(), state.api_key.encode())):
         return None
-    return RequestError(401, "Incorrect API key provided. You can find your API key at the gateway console.",
-                        code="invalid_api_key").response()  # fmt: skip
+    return RequestError(
+        401, "Incorrect API key provided. You can find your API key at the gateway console.", code="invalid_api_key"
+    ).response()
 
 
 def create_app(state: StandInState) -> Starlette:
@@ -427,8 +532,12 @@ def create_app(state: StandInState) -> Starlette:
             previous = body.get("previous_response_id")
             if previous:
                 if previous not in state.stored:
-                    raise RequestError(400, f"Previous response with id '{previous}' not found.",
-                                       param="previous_response_id", code="previous_response_not_found")  # fmt: skip
+                    raise RequestError(
+                        400,
+                        f"Previous response with id '{previous}' not found.",
+                        param="previous_response_id",
+                        code="previous_response_not_found",
+                    )
                 items = state.stored[previous]["items"] + items
             check_input(items)
             response = build_response(body, items, faults)
@@ -437,11 +546,22 @@ def create_app(state: StandInState) -> Starlette:
         if body.get("store", True) is not False:
             state.stored[response["id"]] = {"items": items + response["output"]}
         if faults.ok_with_error:
-            return JSONResponse({"error": {"message": "upstream error: bad_response_body (offline stand-in fault)",
-                                           "type": "new_api_error", "param": "", "code": "bad_response_body"}})  # fmt: skip
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "upstream error: bad_response_body (offline stand-in fault)",
+                        "type": "new_api_error",
+                        "param": "",
+                        "code": "bad_response_body",
+                    }
+                }
+            )
         if body.get("stream"):
-            return StreamingResponse(_sse(stream_events(response), faults, state), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                _sse(stream_events(response), faults, state),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         if faults.malformed_json:
             return Response(json.dumps(response)[:100], media_type="application/json")
         return JSONResponse(response)
@@ -449,7 +569,9 @@ def create_app(state: StandInState) -> Starlette:
     async def models(request: Request) -> Response:
         if (denied := _check_key(request, state)) is not None:
             return denied
-        data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "offline-stand-in"} for m in MODEL_IDS]
+        data = [
+            {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "offline-stand-in"} for m in MODEL_IDS
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def not_found(request: Request) -> Response:

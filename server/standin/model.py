@@ -28,8 +28,17 @@ _BETWEEN = re.compile(r"between\s+(-?\d+)\s+and\s+(-?\d+)", re.IGNORECASE)
 _COUNT = re.compile(r"(\d+)\s+(?:random\s+)?(?:numbers|integers|values)", re.IGNORECASE)
 _QUOTED = re.compile(r"[\"“']([^\"”']{1,500})[\"”']")
 _ZONE = re.compile(r"\b([A-Z][a-z]+/[A-Z][A-Za-z_]+)\b")
-_OPERATORS = {"+": "add", "-": "subtract", "*": "multiply", "x": "multiply", "×": "multiply",
-              "/": "divide", "÷": "divide", "^": "power", "**": "power"}  # fmt: skip
+_OPERATORS = {
+    "+": "add",
+    "-": "subtract",
+    "*": "multiply",
+    "x": "multiply",
+    "×": "multiply",
+    "/": "divide",
+    "÷": "divide",
+    "^": "power",
+    "**": "power",
+}
 _STOP = {"get", "set", "the", "info", "tool", "list", "data", "call", "run", "use", "make"}
 
 
@@ -173,7 +182,9 @@ def structured_answer(schema: dict[str, Any], outputs: list[tuple[str, str]]) ->
             return node["enum"][0]
         kind = _types(node)[0]
         if kind == "object":
-            return {k: build(v if isinstance(v, dict) else {}, depth + 1) for k, v in (node.get("properties") or {}).items()}
+            return {
+                k: build(v if isinstance(v, dict) else {}, depth + 1) for k, v in (node.get("properties") or {}).items()
+            }
         if kind == "array":
             return []
         if kind in ("integer", "number"):

@@ -63,8 +63,7 @@ class ConversationStore:
     def prune(self) -> None:
         self._db.execute("DELETE FROM conversations WHERE updated_at < ?", (time.time() - self.max_age,))
         self._db.execute(
-            "DELETE FROM conversations WHERE id NOT IN "
-            "(SELECT id FROM conversations ORDER BY updated_at DESC LIMIT ?)",
+            "DELETE FROM conversations WHERE id NOT IN (SELECT id FROM conversations ORDER BY updated_at DESC LIMIT ?)",
             (self.max_conversations,),
         )
 

@@ -16,9 +16,6 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from server import __version__
-from server.config import Settings
-from server.surface.local_tools import register_local_tools
-from server.toolsets.policy import Policy
 from server.bridge.service import (
     DESCRIPTION,
     TOOL_NAME,
@@ -32,7 +29,10 @@ from server.bridge.service import (
     to_call_result,
     transcript,
 )
+from server.config import Settings
 from server.store.sqlite import ConversationStore
+from server.surface.local_tools import register_local_tools
+from server.toolsets.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,13 @@ class SharedUpstream:
                 timeout=httpx.Timeout(s.timeout, connect=10.0, write=30.0, pool=10.0),
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             )
-            self._client = ResponsesClient(self._http, base_url=s.base_url, api_key=s.api_key.get_secret_value(),
-                                           stream=s.stream, retry=RetryPolicy(max_retries=s.max_retries,
-                                                                              max_wait=s.retry_max_wait,
-                                                                              budget=s.retry_budget))  # fmt: skip
+            self._client = ResponsesClient(
+                self._http,
+                base_url=s.base_url,
+                api_key=s.api_key.get_secret_value(),
+                stream=s.stream,
+                retry=RetryPolicy(max_retries=s.max_retries, max_wait=s.retry_max_wait, budget=s.retry_budget),
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -87,8 +90,9 @@ def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
         upstream = SharedUpstream(settings) if settings.api_key is not None else None
-        store = ConversationStore(settings.database, max_conversations=settings.max_conversations,
-                                  max_age_days=settings.max_age_days)  # fmt: skip
+        store = ConversationStore(
+            settings.database, max_conversations=settings.max_conversations, max_age_days=settings.max_age_days
+        )
         tools = [LocalTool(t.name, t.description, t.input_schema) for t in await server.list_tools()]
         hub = None
         local_policy = Policy()
@@ -102,8 +106,16 @@ def _lifespan(settings: Settings) -> Any:
             async with anyio.create_task_group() as tg:
                 if hub is not None:
                     hub.start(tg)
-                bridge = Bridge(settings, upstream.get if upstream else None, store, tools,
-                                LocalToolRunner(server.call_tool), tg, hub=hub, local_policy=local_policy)  # fmt: skip
+                bridge = Bridge(
+                    settings,
+                    upstream.get if upstream else None,
+                    store,
+                    tools,
+                    LocalToolRunner(server.call_tool),
+                    tg,
+                    hub=hub,
+                    local_policy=local_policy,
+                )
                 yield AppState(bridge=bridge)
                 await bridge.aclose()
                 tg.cancel_scope.cancel()
@@ -119,36 +131,72 @@ def _lifespan(settings: Settings) -> Any:
 def _register_respond(server: MCPServer[AppState], settings: Settings) -> None:
     async def key4u_respond(
         ctx: Context[AppState],
-        prompt: Annotated[str | None, Field(description="The user message. Required unless conversation_id is given.")] = None,  # noqa: E501
+        prompt: Annotated[
+            str | None, Field(description="The user message. Required unless conversation_id is given.")
+        ] = None,
         instructions: Annotated[str | None, Field(description="System/developer instructions for the model.")] = None,
-        model: Annotated[str | None, Field(description="Model name at the gateway (default: the KEY4U_MODEL setting).")] = None,
-        tools: Annotated[list[str] | None, Field(description="Names of this server's tools the model may call "
-                                                 "(default: all local tools; [] for none).")] = None,  # fmt: skip
-        functions: Annotated[list[FunctionDefinition] | None, Field(description="Your own tool definitions "
-                             "(name, description, inputSchema). The model may call them; they come back to you "
-                             "as pending_calls.")] = None,  # fmt: skip
-        function_outputs: Annotated[list[FunctionOutput] | None, Field(description="Results of pending_calls "
-                                    "(call_id, output), sent with the conversation_id that asked for them.")] = None,  # fmt: skip
-        conversation_id: Annotated[str | None, Field(description="Continue (or wait for) an earlier conversation.")] = None,  # noqa: E501
+        model: Annotated[
+            str | None, Field(description="Model name at the gateway (default: the KEY4U_MODEL setting).")
+        ] = None,
+        tools: Annotated[
+            list[str] | None,
+            Field(
+                description="Names of this server's tools the model may call (default: all local tools; [] for none)."
+            ),
+        ] = None,
+        functions: Annotated[
+            list[FunctionDefinition] | None,
+            Field(
+                description="Your own tool definitions "
+                "(name, description, inputSchema). The model may call them; they come back to you "
+                "as pending_calls."
+            ),
+        ] = None,
+        function_outputs: Annotated[
+            list[FunctionOutput] | None,
+            Field(
+                description="Results of pending_calls "
+                "(call_id, output), sent with the conversation_id that asked for them."
+            ),
+        ] = None,
+        conversation_id: Annotated[
+            str | None, Field(description="Continue (or wait for) an earlier conversation.")
+        ] = None,
         reasoning_effort: Annotated[Effort | None, Field(description="Reasoning effort for reasoning models.")] = None,
-        web_search: Annotated[bool, Field(description="Let the model use the gateway's built-in web_search tool.")] = False,  # noqa: E501
-        response_format: Annotated[dict[str, Any] | None, Field(description="A JSON Schema the answer must follow; "
-                                   "the parsed object is returned in `parsed`.")] = None,  # fmt: skip
+        web_search: Annotated[
+            bool, Field(description="Let the model use the gateway's built-in web_search tool.")
+        ] = False,
+        response_format: Annotated[
+            dict[str, Any] | None,
+            Field(description="A JSON Schema the answer must follow; the parsed object is returned in `parsed`."),
+        ] = None,
         tool_choice: Annotated[str, Field(description="auto, none, required, or the name of one tool.")] = "auto",
         parallel_tool_calls: Annotated[bool, Field(description="Allow several tool calls per turn.")] = True,
         max_turns: Annotated[int, Field(ge=1, le=64, description="Most model turns before stopping.")] = 8,
         max_output_tokens: Annotated[int | None, Field(ge=16, description="Cap on output tokens per turn.")] = None,
-        metadata: Annotated[dict[str, str] | None, Field(description="String pairs passed through to the gateway "
-                            "(e.g. {\"model_id\": \"32\"}).", max_length=16)] = None,  # fmt: skip
+        metadata: Annotated[
+            dict[str, str] | None,
+            Field(description='String pairs passed through to the gateway (e.g. {"model_id": "32"}).', max_length=16),
+        ] = None,
     ) -> Annotated[CallToolResult, RespondResult]:
         bridge = ctx.request_context.lifespan_context.bridge
         args = {
-            "prompt": prompt, "instructions": instructions, "model": model, "tools": tools, "functions": functions,
-            "function_outputs": function_outputs, "conversation_id": conversation_id,
-            "reasoning_effort": reasoning_effort, "web_search": web_search or None, "response_format": response_format,
-            "tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls, "max_turns": max_turns,
-            "max_output_tokens": max_output_tokens, "metadata": metadata,
-        }  # fmt: skip
+            "prompt": prompt,
+            "instructions": instructions,
+            "model": model,
+            "tools": tools,
+            "functions": functions,
+            "function_outputs": function_outputs,
+            "conversation_id": conversation_id,
+            "reasoning_effort": reasoning_effort,
+            "web_search": web_search or None,
+            "response_format": response_format,
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": parallel_tool_calls,
+            "max_turns": max_turns,
+            "max_output_tokens": max_output_tokens,
+            "metadata": metadata,
+        }
         step = 0
 
         async def progress(message: str) -> None:
@@ -164,8 +212,13 @@ def _register_respond(server: MCPServer[AppState], settings: Settings) -> None:
         name=TOOL_NAME,
         title="Ask a Key4U model (with tools)",
         description=DESCRIPTION,
-        annotations=ToolAnnotations(title="Ask a Key4U model", read_only_hint=False, destructive_hint=False,
-                                    idempotent_hint=False, open_world_hint=True),  # fmt: skip
+        annotations=ToolAnnotations(
+            title="Ask a Key4U model",
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=True,
+        ),
     )
 
     @server.resource(
@@ -200,5 +253,3 @@ def build_server(settings: Settings) -> MCPServer[AppState]:
     register_local_tools(server)
     _register_respond(server, settings)
     return server
-
-

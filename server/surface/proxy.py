@@ -32,7 +32,9 @@ class ProxyMiddleware:
             name = params.get("name", "") if isinstance(params, dict) else getattr(params, "name", "")
             if SEPARATOR in name and name.partition(SEPARATOR)[0] in hub.servers:
                 if name not in {t.qualified for t in hub.tools()}:
-                    return CallToolResult(content=[TextContent(type="text", text=f"Unknown tool: {name}")], is_error=True)
+                    return CallToolResult(
+                        content=[TextContent(type="text", text=f"Unknown tool: {name}")], is_error=True
+                    )
                 arguments = params.get("arguments") if isinstance(params, dict) else getattr(params, "arguments", None)
                 return await hub.call(name, arguments or {}, self.timeout)
             return await call_next(ctx)

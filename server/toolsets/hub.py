@@ -139,7 +139,7 @@ class Downstream:
                 await self._session(ping_interval)
             except anyio.get_cancelled_exc_class():
                 raise
-            except BaseException as exc:  # noqa: BLE001 - any failure of this server stays here
+            except BaseException as exc:
                 self.error = _describe(exc)
                 logger.warning("downstream server %s failed: %s", self.name, self.error)
             self.status, self.client, self.tools = "failed", None, []
@@ -218,8 +218,13 @@ class Downstream:
             return _error(f"{self.name}{SEPARATOR}{tool} failed: {_describe(exc)}")
 
     def report(self) -> dict[str, Any]:
-        return {"server": self.name, "status": self.status, "tools": len(self.tools), "error": self.error,
-                "transport": "stdio" if self.config.command else "http"}  # fmt: skip
+        return {
+            "server": self.name,
+            "status": self.status,
+            "tools": len(self.tools),
+            "error": self.error,
+            "transport": "stdio" if self.config.command else "http",
+        }
 
 
 def _describe(exc: BaseException) -> str:
@@ -268,8 +273,11 @@ class Hub:
         return result
 
     def problems(self) -> list[str]:
-        return [f"MCP server {s.name!r} is {s.status}: {s.error or 'still starting'}"
-                for s in self.servers.values() if s.status in ("failed", "starting")]  # fmt: skip
+        return [
+            f"MCP server {s.name!r} is {s.status}: {s.error or 'still starting'}"
+            for s in self.servers.values()
+            if s.status in ("failed", "starting")
+        ]
 
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         server_name, _, tool = name.partition(SEPARATOR)
@@ -280,4 +288,3 @@ class Hub:
 
     def report(self) -> list[dict[str, Any]]:
         return [s.report() for s in self.servers.values()]
-

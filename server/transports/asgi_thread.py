@@ -21,8 +21,13 @@ class ThreadedServer:
         self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan,  # type: ignore[arg-type]
-                                timeout_graceful_shutdown=1)  # fmt: skip
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan=lifespan,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=1,
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -31,8 +36,9 @@ class ThreadedServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> ThreadedServer:
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True,
-                                        name=f"asgi:{self.port}")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True, name=f"asgi:{self.port}"
+        )
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:

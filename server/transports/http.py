@@ -22,9 +22,9 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.surface.app import build_server
 from server.config import Settings
 from server.errors import ConfigError
+from server.surface.app import build_server
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,17 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "unauthorized", "error_description": "a valid bearer token is required"}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="key4u-mcp"'),
-            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="key4u-mcp"'),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -73,8 +81,9 @@ class Health:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") == "/healthz":
             body = b'{"status":"ok"}'
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
@@ -92,7 +101,7 @@ def build_http_app(settings: Settings, host: str, *, stateless: bool, json_respo
             "Authorization: Bearer <token>), or bind to 127.0.0.1"
         )
     hosts = [*LOOPBACK_HOSTS, *_split(settings.mcp_allowed_hosts)]
-    if not is_loopback(host) and host not in ("0.0.0.0", "::"):  # noqa: S104 - a documented choice
+    if not is_loopback(host) and host not in ("0.0.0.0", "::"):
         hosts += [host, f"{host}:*"]
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
@@ -115,8 +124,19 @@ def build_http_app(settings: Settings, host: str, *, stateless: bool, json_respo
 
 async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool, json_response: bool) -> None:
     app = build_http_app(settings, host, stateless=stateless, json_response=json_response)
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
-                            access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
-    logger.info("serving MCP over Streamable HTTP at http://%s:%d/mcp (%s)", host, port,
-                "stateless" if stateless else "stateful")  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    logger.info(
+        "serving MCP over Streamable HTTP at http://%s:%d/mcp (%s)",
+        host,
+        port,
+        "stateless" if stateless else "stateful",
+    )
     await uvicorn.Server(config).serve()

@@ -25,7 +25,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server import MCPServer
 from mcp.server.stdio import stdio_server
 
-
 logger = logging.getLogger(__name__)
 
 #: Largest message accepted on stdin; a longer line is read past and dropped, never held in memory.

@@ -43,7 +43,7 @@ class RetryPolicy:
     """Total seconds for all attempts and waits of one request."""
 
     def backoff(self, retry: int) -> float:
-        return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not crypto
+        return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -123,8 +123,9 @@ class ResponsesClient:
                 if wait is None:
                     raise
                 attempt += 1
-                logger.warning("upstream %s; retry %d/%d in %.2fs", type(exc).__name__, attempt,
-                               self.retry.max_retries, wait)  # fmt: skip
+                logger.warning(
+                    "upstream %s; retry %d/%d in %.2fs", type(exc).__name__, attempt, self.retry.max_retries, wait
+                )
                 await anyio.sleep(wait)
 
     def _retry_wait(self, exc: errors.UpstreamError, attempt: int, elapsed: float) -> float | None:
@@ -231,9 +232,12 @@ class ResponsesClient:
         index = data.get("output_index")
         if not isinstance(index, int):
             return
-        if kind == "response.output_item.added" and isinstance(data.get("item"), dict):
-            items[index] = dict(data["item"])
-        elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+        if (
+            kind == "response.output_item.added"
+            and isinstance(data.get("item"), dict)
+            or kind == "response.output_item.done"
+            and isinstance(data.get("item"), dict)
+        ):
             items[index] = dict(data["item"])
         elif kind == "response.function_call_arguments.delta" and index in items:
             items[index]["arguments"] = str(items[index].get("arguments") or "") + str(data.get("delta") or "")
@@ -264,8 +268,13 @@ class ResponsesClient:
             message = data["message"]
         message, request_id = _strip_request_id(mask(message, [self._api_key]))
         request_id = request_id or response.headers.get("x-request-id")
-        kwargs: dict[str, Any] = {"status_code": status, "code": code, "type": type_, "request_id": request_id,
-                                  "retry_after": parse_retry_after(response.headers)}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "status_code": status,
+            "code": code,
+            "type": type_,
+            "request_id": request_id,
+            "retry_after": parse_retry_after(response.headers),
+        }
         cls: type[errors.UpstreamHTTPError]
         if status == 401:
             cls = errors.AuthenticationError

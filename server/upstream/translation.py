@@ -36,15 +36,44 @@ MAX_PROPERTIES = 5000
 MAX_OUTPUT_CHARS = 100_000
 
 #: Keywords the strict subset cannot express and that change what is valid: refuse strict mode.
-_STRUCTURAL = {"not", "if", "then", "else", "dependentRequired", "dependentSchemas", "patternProperties",
-               "unevaluatedProperties", "unevaluatedItems", "prefixItems", "propertyNames"}  # fmt: skip
+_STRUCTURAL = {
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentRequired",
+    "dependentSchemas",
+    "patternProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "prefixItems",
+    "propertyNames",
+}
 #: Keywords strict mode rejects but that only narrow what is valid: dropped from what the model
 #: sees, mentioned in the description, and still enforced because arguments are checked
 #: against the original schema before the tool runs.
-_NARROWING = {"minLength", "maxLength", "minProperties", "maxProperties", "uniqueItems", "contains",
-              "minContains", "maxContains"}  # fmt: skip
-_DROPPED = {"$schema", "$id", "$comment", "examples", "deprecated", "readOnly", "writeOnly", "contentMediaType",
-            "contentEncoding", "default"}  # fmt: skip
+_NARROWING = {
+    "minLength",
+    "maxLength",
+    "minProperties",
+    "maxProperties",
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+}
+_DROPPED = {
+    "$schema",
+    "$id",
+    "$comment",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "contentMediaType",
+    "contentEncoding",
+    "default",
+}
 _FORMATS = {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
 
 

@@ -59,7 +59,9 @@ class ResponseObject(_Lenient):
             try:
                 calls.append(FunctionCall.model_validate(item))
             except ValidationError as exc:
-                raise MalformedResponseError(f"a function_call item lacks call_id, name or arguments: {exc.errors()[0]['msg']}") from exc
+                raise MalformedResponseError(
+                    f"a function_call item lacks call_id, name or arguments: {exc.errors()[0]['msg']}"
+                ) from exc
         return calls
 
     def text(self) -> str:

@@ -12,8 +12,8 @@ from mcp.types import CallToolResult, TextContent
 
 from server.bridge.conversation import Conversation, Options
 from server.bridge.loop import Loop, LoopLimits, Toolset
-from server.upstream.responses import ResponsesClient
 from server.standin import StandIn
+from server.upstream.responses import ResponsesClient
 from server.upstream.translation import NameMap, to_function_tool
 from tests.conftest import FAKE_KEY
 

@@ -20,8 +20,9 @@ from tests.server.transports.test_stdio import script
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     merged = {k: v for k, v in os.environ.items() if not k.startswith(("KEY4U_", "OPENAI_"))}
     merged.update(env or {})
-    return subprocess.run([script(), *args], capture_output=True, text=True, timeout=timeout, env=merged,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [script(), *args], capture_output=True, text=True, timeout=timeout, env=merged, stdin=subprocess.DEVNULL
+    )
 
 
 def test_demo_without_a_key_runs_the_example_against_the_stand_in() -> None:
@@ -102,12 +103,17 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 def test_doctor_reports_downstream_servers(tmp_path: Path) -> None:
     servers = tmp_path / "servers.json"
-    fixture = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"],
-               "cwd": str(Path(__file__).resolve().parents[3])}  # fmt: skip
+    fixture = {
+        "command": sys.executable,
+        "args": ["-m", "tests.fixtures.downstream_server"],
+        "cwd": str(Path(__file__).resolve().parents[3]),
+    }
     servers.write_text(json.dumps({"mcpServers": {"good": fixture, "dead": {"command": str(tmp_path / "nope")}}}))
     with StandIn() as upstream:
-        done = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url,
-                                  "KEY4U_MCP_SERVERS": str(servers)})  # fmt: skip
+        done = run(
+            "doctor",
+            env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_MCP_SERVERS": str(servers)},
+        )
     assert done.returncode == 1
     assert re.search(r"ok\s+server good\s+\d+ tools", done.stdout), done.stdout
     assert re.search(r"FAIL\s+server dead", done.stdout) and "run the command by hand" in done.stdout

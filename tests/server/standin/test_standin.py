@@ -10,21 +10,42 @@ import httpx
 import openai
 import pytest
 
-from server.standin import LABEL, Faults, StandIn
 from server.cli.demo import KEY4U_PROMPT
+from server.standin import LABEL, Faults, StandIn
 
 KEY4U_TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "name": "random_generator", "description": "Generate random numbers",
-     "parameters": {"type": "object", "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
-                                                     "count": {"type": "integer"}}}},
-    {"type": "function", "name": "system_info", "description": "System information",
-     "parameters": {"type": "object", "properties": {}}},
-    {"type": "function", "name": "math_calculator", "description": "Math",
-     "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"},
-                                                     "operation": {"type": "string"}}, "required": ["operation", "a", "b"]}},
-    {"type": "function", "name": "current_time", "description": "Current time",
-     "parameters": {"type": "object", "properties": {}}},
-]  # fmt: skip
+    {
+        "type": "function",
+        "name": "random_generator",
+        "description": "Generate random numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}, "count": {"type": "integer"}},
+        },
+    },
+    {
+        "type": "function",
+        "name": "system_info",
+        "description": "System information",
+        "parameters": {"type": "object", "properties": {}},
+    },
+    {
+        "type": "function",
+        "name": "math_calculator",
+        "description": "Math",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}, "operation": {"type": "string"}},
+            "required": ["operation", "a", "b"],
+        },
+    },
+    {
+        "type": "function",
+        "name": "current_time",
+        "description": "Current time",
+        "parameters": {"type": "object", "properties": {}},
+    },
+]
 
 
 def client(upstream: StandIn, key: str = "any-key") -> openai.OpenAI:
@@ -74,14 +95,23 @@ def test_openai_stream_of_function_calls_carries_argument_deltas(standin: StandI
 @pytest.mark.parametrize(
     ("input_items", "message"),
     [
-        ([{"role": "user", "content": "hi"}, {"type": "function_call_output", "call_id": "call_X", "output": "1"}],
-         "No tool call found for function call output with call_id call_X."),
-        ([{"role": "user", "content": "hi"}, {"type": "function_call", "call_id": "call_Y", "name": "f", "arguments": "{}"}],
-         "No tool output found for function call call_Y."),
-        ([{"type": "function_call", "id": "call_Z", "call_id": "call_Z", "name": "f", "arguments": "{}"}],
-         "Expected an ID that begins with 'fc'"),
+        (
+            [{"role": "user", "content": "hi"}, {"type": "function_call_output", "call_id": "call_X", "output": "1"}],
+            "No tool call found for function call output with call_id call_X.",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"type": "function_call", "call_id": "call_Y", "name": "f", "arguments": "{}"},
+            ],
+            "No tool output found for function call call_Y.",
+        ),
+        (
+            [{"type": "function_call", "id": "call_Z", "call_id": "call_Z", "name": "f", "arguments": "{}"}],
+            "Expected an ID that begins with 'fc'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unpaired_calls_are_refused_with_the_real_error_envelope(
     standin: StandIn, input_items: list[dict[str, Any]], message: str
 ) -> None:
@@ -97,14 +127,34 @@ def test_unpaired_calls_are_refused_with_the_real_error_envelope(
     [
         ({"type": "function", "function": {"name": "f"}}, "nested 'function'"),
         ({"type": "function", "name": "has space"}, "does not match pattern"),
-        ({"type": "function", "name": "f", "parameters": {"type": "string"}}, "type: \"object\""),
-        ({"type": "function", "name": "f", "strict": True, "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}},
-         "'additionalProperties' is required"),
-        ({"type": "function", "name": "f", "strict": True, "parameters": {"type": "object", "additionalProperties": False,
-          "properties": {"x": {"type": "string"}}}}, "Missing 'x'"),
+        ({"type": "function", "name": "f", "parameters": {"type": "string"}}, 'type: "object"'),
+        (
+            {
+                "type": "function",
+                "name": "f",
+                "strict": True,
+                "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+            },
+            "'additionalProperties' is required",
+        ),
+        (
+            {
+                "type": "function",
+                "name": "f",
+                "strict": True,
+                "parameters": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"x": {"type": "string"}},
+                },
+            },
+            "Missing 'x'",
+        ),
     ],
-)  # fmt: skip
-def test_malformed_tools_and_invalid_strict_schemas_are_refused(standin: StandIn, tool: dict[str, Any], message: str) -> None:
+)
+def test_malformed_tools_and_invalid_strict_schemas_are_refused(
+    standin: StandIn, tool: dict[str, Any], message: str
+) -> None:
     with pytest.raises(openai.BadRequestError, match=message):
         client(standin).responses.create(model="gpt-4.1", input="hi", tools=[tool])  # type: ignore[list-item]
 
@@ -122,8 +172,12 @@ def test_previous_response_id_continues_a_stored_response(standin: StandIn) -> N
     api = client(standin)
     first = api.responses.create(model="gpt-4.1", input="Calculate 1 + 2", tools=KEY4U_TOOLS)  # type: ignore[arg-type]
     (call,) = first.output
-    second = api.responses.create(model="gpt-4.1", previous_response_id=first.id, tools=KEY4U_TOOLS,  # type: ignore[arg-type]
-                                  input=[{"type": "function_call_output", "call_id": call.call_id, "output": "3"}])  # type: ignore[union-attr]
+    second = api.responses.create(
+        model="gpt-4.1",
+        previous_response_id=first.id,
+        tools=KEY4U_TOOLS,  # type: ignore[arg-type]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "3"}],
+    )  # type: ignore[union-attr]
     assert "math_calculator: 3" in second.output_text
     with pytest.raises(openai.BadRequestError, match="not found"):
         api.responses.create(model="gpt-4.1", previous_response_id="resp_unknown", input="hi")

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 from mcp import Client
 
-from server.surface.app import build_server
 from server.config import Settings
+from server.surface.app import build_server
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import anyio
 import pytest
 from mcp import Client
 
+from server.cli.demo import KEY4U_PROMPT
 from server.standin import LABEL, Faults, StandIn
 from tests.conftest import FAKE_KEY
-from server.cli.demo import KEY4U_PROMPT
 from tests.helpers import LOCAL_TOOLS, bridge_client, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
@@ -21,8 +21,11 @@ pytestmark = pytest.mark.anyio
 WEATHER = {
     "name": "get_weather",
     "description": "Current weather for a city",
-    "inputSchema": {"type": "object", "properties": {"city": {"type": "string"}, "units": {"type": "string"}},
-                    "required": ["city"]},  # fmt: skip
+    "inputSchema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "units": {"type": "string"}},
+        "required": ["city"],
+    },
 }
 
 
@@ -74,25 +77,32 @@ async def test_caller_functions_come_back_as_pending_calls_and_resume(standin: S
         assert pending["name"] == "get_weather" and pending["arguments"] == {"city": "Paris"}
         assert pending["call_id"] in text
         resumed, text, _ = await respond(
-            client, conversation_id=out["conversation_id"],
+            client,
+            conversation_id=out["conversation_id"],
             function_outputs=[{"call_id": pending["call_id"], "output": {"temp_c": 18, "sky": "sunny"}}],
-        )  # fmt: skip
+        )
     assert resumed["status"] == "completed"
     assert "get_weather" in text and "sunny" in text
     assert [c["ran_by"] for c in resumed["tool_calls"]] == ["caller"]
     replay = standin.requests[-1]["input"]
-    assert {"type": "function_call_output", "call_id": pending["call_id"], "output": '{"temp_c": 18, "sky": "sunny"}'} in replay
+    assert {
+        "type": "function_call_output",
+        "call_id": pending["call_id"],
+        "output": '{"temp_c": 18, "sky": "sunny"}',
+    } in replay
 
 
 async def test_resume_checks_function_outputs(standin: StandIn, tmp_path: Path) -> None:
     async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
         out, _, _ = await respond(client, prompt='Weather in "Oslo"', functions=[WEATHER], tools=[])
         conv = out["conversation_id"]
-        missing = await client.call_tool("key4u_respond", {"conversation_id": conv, "function_outputs": [],
-                                                           "prompt": "go on"})  # fmt: skip
+        missing = await client.call_tool(
+            "key4u_respond", {"conversation_id": conv, "function_outputs": [], "prompt": "go on"}
+        )
         assert missing.is_error and "missing call_id" in text_of(missing)
-        wrong = await client.call_tool("key4u_respond", {"conversation_id": conv,
-                                       "function_outputs": [{"call_id": "call_nope", "output": "x"}]})  # fmt: skip
+        wrong = await client.call_tool(
+            "key4u_respond", {"conversation_id": conv, "function_outputs": [{"call_id": "call_nope", "output": "x"}]}
+        )
         assert wrong.is_error and "call_nope" in text_of(wrong)
         unknown = await client.call_tool("key4u_respond", {"conversation_id": "conv_missing", "prompt": "hi"})
         assert unknown.is_error and "unknown conversation_id" in text_of(unknown)
@@ -113,7 +123,9 @@ async def test_a_conversation_continues_after_a_server_restart(standin: StandIn,
     assert transcript["conversation_id"] == first["conversation_id"] and len(transcript["items"]) >= 5
 
 
-async def test_the_deadline_returns_in_progress_and_a_later_call_gets_the_result(standin: StandIn, tmp_path: Path) -> None:
+async def test_the_deadline_returns_in_progress_and_a_later_call_gets_the_result(
+    standin: StandIn, tmp_path: Path
+) -> None:
     standin.faults = Faults(latency=1.5)
     async with bridge_client(settings_for(standin.base_url, tmp_path, deadline=0.3)) as client:
         out, text, is_error = await respond(client, prompt="hello")
@@ -229,12 +241,25 @@ async def test_without_a_key_the_bridge_says_what_to_set(tmp_path: Path) -> None
 
 
 async def test_request_options_reach_the_wire(standin: StandIn, tmp_path: Path) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
-              "additionalProperties": False}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
-        out, _, _ = await respond(client, prompt="hi", instructions="Be brief.", model="gpt-5", tools=[],
-                                  reasoning_effort="low", response_format=schema, max_output_tokens=100,
-                                  web_search=True, parallel_tool_calls=False)  # fmt: skip
+        out, _, _ = await respond(
+            client,
+            prompt="hi",
+            instructions="Be brief.",
+            model="gpt-5",
+            tools=[],
+            reasoning_effort="low",
+            response_format=schema,
+            max_output_tokens=100,
+            web_search=True,
+            parallel_tool_calls=False,
+        )
     body = standin.requests[0]
     assert body["instructions"] == "Be brief." and body["model"] == "gpt-5"
     assert body["reasoning"] == {"effort": "low"} and body["include"] == ["reasoning.encrypted_content"]

@@ -16,9 +16,9 @@ import anyio
 import psutil
 import pytest
 
+from server.standin import StandIn
 from server.toolsets.hub import HubConfig, load_hub_config
 from server.toolsets.policy import Policy
-from server.standin import StandIn
 from tests.helpers import bridge_client, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
@@ -61,8 +61,11 @@ async def test_tools_without_a_read_only_annotation_come_back_to_the_caller(stan
         assert out["status"] == "requires_action"
         (pending,) = out["pending_calls"]
         assert pending["name"] == "notes__write_note" and pending["arguments"] == {"text": "buy milk"}
-        done, text = await respond(client, conversation_id=out["conversation_id"],
-                                   function_outputs=[{"call_id": pending["call_id"], "output": "saved by the user"}])  # fmt: skip
+        done, text = await respond(
+            client,
+            conversation_id=out["conversation_id"],
+            function_outputs=[{"call_id": pending["call_id"], "output": "saved by the user"}],
+        )
     assert done["status"] == "completed" and "saved by the user" in text
 
 
@@ -119,7 +122,9 @@ async def test_a_hung_tool_times_out_and_the_next_call_works(standin: StandIn, t
     settings = settings_for(standin.base_url, tmp_path, mcp_servers=servers, tool_timeout=1.0)
     async with bridge_client(settings) as client:
         with anyio.fail_after(20):
-            out, _ = await respond(client, prompt="hang please and tell the time", tools=["notes__hang", "current_time"])
+            out, _ = await respond(
+                client, prompt="hang please and tell the time", tools=["notes__hang", "current_time"]
+            )
         calls = {c["name"]: c for c in out["tool_calls"]}
         assert not calls["notes__hang"]["ok"] and "within" in calls["notes__hang"]["output"]
         assert calls["current_time"]["ok"]
@@ -182,8 +187,13 @@ async def test_a_streamable_http_downstream_server(standin: StandIn, tmp_path: P
 
 
 def test_config_is_the_claude_desktop_format(tmp_path: Path) -> None:
-    path = write_servers(tmp_path, {"fs": {"command": "npx", "args": ["-y", "server-filesystem", "/tmp"]},
-                                    "web": {"url": "https://example.test/mcp", "headers": {"Authorization": "Bearer x"}}})  # fmt: skip
+    path = write_servers(
+        tmp_path,
+        {
+            "fs": {"command": "npx", "args": ["-y", "server-filesystem", "/tmp"]},
+            "web": {"url": "https://example.test/mcp", "headers": {"Authorization": "Bearer x"}},
+        },
+    )
     config, where = load_hub_config(path)
     assert where == path and set(config.servers) == {"fs", "web"}
     with pytest.raises(ValueError, match="either command"):

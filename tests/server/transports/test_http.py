@@ -13,11 +13,11 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from server.transports.asgi_thread import ThreadedServer
 from server.config import Settings
 from server.errors import ConfigError
-from server.transports.http import build_http_app, is_loopback
 from server.standin import StandIn
+from server.transports.asgi_thread import ThreadedServer
+from server.transports.http import build_http_app, is_loopback
 from tests.helpers import settings_for, text_of
 from tests.server.transports.test_stdio import INITIALIZE
 
@@ -74,8 +74,14 @@ def test_host_origin_and_size_checks(tmp_path: Path) -> None:
     settings = settings_for("http://127.0.0.1:9/v1", tmp_path, mcp_max_request_bytes=2048)
     with http_bridge(settings) as url:
         assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Host": "evil.example"}).status_code == 421
-        assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://evil.example"}).status_code == 403
-        assert httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://localhost:3000"}).status_code == 200
+        assert (
+            httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://evil.example"}).status_code
+            == 403
+        )
+        assert (
+            httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://localhost:3000"}).status_code
+            == 200
+        )
         big = {**INITIALIZE, "params": {**INITIALIZE["params"], "padding": "x" * 10_000}}  # type: ignore[dict-item]
         assert httpx.post(url, json=big, headers=MCP_HEADERS).status_code == 413
         assert httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 200  # still serving
@@ -83,17 +89,25 @@ def test_host_origin_and_size_checks(tmp_path: Path) -> None:
 
 async def test_stateless_replicas_share_one_conversation(standin: StandIn, tmp_path: Path) -> None:
     settings = settings_for(standin.base_url, tmp_path)  # one database for both replicas
-    weather = {"name": "get_weather", "inputSchema": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                      "required": ["city"]}}  # fmt: skip
+    weather = {
+        "name": "get_weather",
+        "inputSchema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
     with http_bridge(settings, stateless=True) as first, http_bridge(settings, stateless=True) as second:
         async with http_client(first) as client:
-            asked = await client.call_tool("key4u_respond", {"prompt": 'weather in "Rome"', "functions": [weather],
-                                                             "tools": []})  # fmt: skip
+            asked = await client.call_tool(
+                "key4u_respond", {"prompt": 'weather in "Rome"', "functions": [weather], "tools": []}
+            )
         data: dict[str, Any] = asked.structured_content or {}
         assert data["status"] == "requires_action", text_of(asked)
         call_id = data["pending_calls"][0]["call_id"]
         async with http_client(second) as client:
-            done = await client.call_tool("key4u_respond", {"conversation_id": data["conversation_id"],
-                                          "function_outputs": [{"call_id": call_id, "output": "22 C, clear"}]})  # fmt: skip
+            done = await client.call_tool(
+                "key4u_respond",
+                {
+                    "conversation_id": data["conversation_id"],
+                    "function_outputs": [{"call_id": call_id, "output": "22 C, clear"}],
+                },
+            )
     assert done.structured_content["status"] == "completed"  # type: ignore[index]
     assert "22 C, clear" in text_of(done)

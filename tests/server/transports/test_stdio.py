@@ -85,7 +85,9 @@ async def test_stdout_carries_only_protocol_messages_and_stdin_eof_exits_cleanly
     env = {**os.environ, "KEY4U_LOG_LEVEL": "DEBUG", "KEY4U_API_KEY": FAKE_KEY}
     errlog = tmp_path / "err.txt"
     with errlog.open("wb") as err:
-        async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env) as proc:
+        async with await anyio.open_process(
+            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env
+        ) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             await proc.stdin.send(session)
             received = b""
@@ -136,12 +138,16 @@ def test_invalid_setting_is_named_without_echoing_the_key() -> None:
 
 
 async def test_key4u_respond_over_stdio_against_a_real_upstream(tmp_path: Path) -> None:
-    from server.standin import StandIn
     from server.cli.demo import KEY4U_PROMPT
+    from server.standin import StandIn
 
     with StandIn() as upstream:
-        env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_LOG_LEVEL": "DEBUG",
-               "KEY4U_DB_PATH": str(tmp_path / "db.sqlite3")}  # fmt: skip
+        env = {
+            "KEY4U_API_KEY": FAKE_KEY,
+            "KEY4U_BASE_URL": upstream.base_url,
+            "KEY4U_LOG_LEVEL": "DEBUG",
+            "KEY4U_DB_PATH": str(tmp_path / "db.sqlite3"),
+        }
         params = StdioServerParameters(command=script(), env=env)
         async with spawned(params, tmp_path / "err.txt") as client:
             result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from server import errors
-from server.upstream.responses import ResponsesClient, RetryPolicy, parse_retry_after
 from server.standin import Faults, StandIn, http_date
+from server.upstream.responses import ResponsesClient, RetryPolicy, parse_retry_after
 from tests.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.anyio
@@ -20,8 +20,9 @@ BODY = {"model": "gpt-4.1", "input": "hello", "store": False}
 FAST = RetryPolicy(max_retries=2, max_wait=5.0, budget=30.0)
 
 
-def mock_client(handler: Callable[[httpx.Request], httpx.Response], *, stream: bool = False,
-                retry: RetryPolicy = FAST) -> ResponsesClient:  # fmt: skip
+def mock_client(
+    handler: Callable[[httpx.Request], httpx.Response], *, stream: bool = False, retry: RetryPolicy = FAST
+) -> ResponsesClient:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return ResponsesClient(http, base_url="https://gw.test/v1", api_key=FAKE_KEY, stream=stream, retry=retry)
 
@@ -43,10 +44,22 @@ def envelope(message: str, code: str | None = None, type_: str = "invalid_reques
 
 
 def ok_response(text: str = "hi", model: str = "gpt-4.1-2025-04-14") -> dict[str, Any]:
-    return {"id": "resp_1", "object": "response", "status": "completed", "model": model,
-            "output": [{"id": "msg_1", "type": "message", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-            "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}, "extra_field": {"kept": True}}  # fmt: skip
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+        "extra_field": {"kept": True},
+    }
 
 
 def sse(*events: dict[str, Any] | str) -> bytes:
@@ -77,7 +90,12 @@ async def test_sends_bearer_key_and_parses_leniently() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "error_class", "fragment"),
     [
-        (401, envelope("Incorrect API key provided: sk-test-NEVER-SHOW-0123456789abcdef"), errors.AuthenticationError, "Incorrect API key"),  # noqa: E501
+        (
+            401,
+            envelope("Incorrect API key provided: sk-test-NEVER-SHOW-0123456789abcdef"),
+            errors.AuthenticationError,
+            "Incorrect API key",
+        ),
         (403, envelope("model not allowed for this token"), errors.PermissionDeniedError, "not allowed"),
         (404, envelope("Invalid URL (POST /v1/responses)"), errors.NotFoundError, "Invalid URL"),
         (400, envelope("No tool output found for function call call_X."), errors.BadRequestError, "No tool output"),
@@ -111,9 +129,11 @@ async def test_request_id_suffix_is_split_off() -> None:
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 async def test_retryable_statuses_are_retried_then_succeed(status: int) -> None:
     handler = Counted(
-        lambda n: httpx.Response(status, json=envelope("try later"), headers={"retry-after-ms": "10"})
-        if n < 3
-        else httpx.Response(200, json=ok_response())
+        lambda n: (
+            httpx.Response(status, json=envelope("try later"), headers={"retry-after-ms": "10"})
+            if n < 3
+            else httpx.Response(200, json=ok_response())
+        )
     )
 
     assert (await mock_client(handler).create(BODY)).text() == "hi"
@@ -121,7 +141,9 @@ async def test_retryable_statuses_are_retried_then_succeed(status: int) -> None:
 
 
 async def test_retries_stop_after_max_retries() -> None:
-    handler = Counted(lambda n: httpx.Response(503, text="<html>Service Unavailable</html>", headers={"retry-after": "0.01"}))
+    handler = Counted(
+        lambda n: httpx.Response(503, text="<html>Service Unavailable</html>", headers={"retry-after": "0.01"})
+    )
 
     with pytest.raises(errors.ServerError, match="Service Unavailable"):
         await mock_client(handler).create(BODY)
@@ -137,7 +159,9 @@ async def test_x_should_retry_header_overrides_the_status_rule() -> None:
 
 
 async def test_a_retry_after_longer_than_the_cap_is_reported_not_waited() -> None:
-    handler = Counted(lambda n: httpx.Response(429, json=envelope("Rate limit reached"), headers={"retry-after": "3600"}))
+    handler = Counted(
+        lambda n: httpx.Response(429, json=envelope("Rate limit reached"), headers={"retry-after": "3600"})
+    )
 
     with pytest.raises(errors.RateLimitError) as caught:
         await mock_client(handler).create(BODY)
@@ -184,9 +208,13 @@ async def test_malformed_json_and_200_with_error_object() -> None:
     with pytest.raises(errors.MalformedResponseError, match="not JSON"):
         await mock_client(lambda r: httpx.Response(200, text="{oops")).create(BODY)
     with pytest.raises(errors.MalformedResponseError, match="bad_response_body"):
-        await mock_client(lambda r: httpx.Response(200, json=envelope("upstream broke", "bad_response_body"))).create(BODY)
+        await mock_client(lambda r: httpx.Response(200, json=envelope("upstream broke", "bad_response_body"))).create(
+            BODY
+        )
     with pytest.raises(errors.QuotaExceededError):
-        await mock_client(lambda r: httpx.Response(200, json=envelope("余额不足", "insufficient_user_quota"))).create(BODY)
+        await mock_client(lambda r: httpx.Response(200, json=envelope("余额不足", "insufficient_user_quota"))).create(
+            BODY
+        )
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -207,12 +235,23 @@ async def test_stream_accumulates_items_by_output_index_and_survives_gateway_hab
         ": PING\n\n",
         {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}},
         {"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM},
-        "data: " + json.dumps({"type": "response.function_call_arguments.delta", "item_id": "fc_1",
-                               "output_index": 0, "delta": "{\"a\":1"}) + "\n\n",  # no event: line  # fmt: skip
+        "data: "
+        + json.dumps(
+            {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": '{"a":1'}
+        )
+        + "\n\n",  # no event: line
         {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "}"},
         ": PING\n\n",
-        {"type": "response.completed", "response": {"id": "resp_1", "status": "completed", "model": "renamed-4.1",
-                                                    "output": [], "usage": {"input_tokens": 5}}},  # fmt: skip
+        {
+            "type": "response.completed",
+            "response": {
+                "id": "resp_1",
+                "status": "completed",
+                "model": "renamed-4.1",
+                "output": [],
+                "usage": {"input_tokens": 5},
+            },
+        },
         "data: [DONE]\n\n",
     )
     response = await mock_client(handler, stream=True).create(BODY)
@@ -224,8 +263,8 @@ async def test_stream_accumulates_items_by_output_index_and_survives_gateway_hab
 async def test_output_item_done_is_authoritative() -> None:
     handler = stream_reply(
         {"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM},
-        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "{\"a\""},
-        {"type": "response.output_item.done", "output_index": 0, "item": {**CALL_ITEM, "arguments": "{\"a\":2}"}},
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": '{"a"'},
+        {"type": "response.output_item.done", "output_index": 0, "item": {**CALL_ITEM, "arguments": '{"a":2}'}},
         {"type": "response.completed", "response": {"status": "completed", "output": []}},
     )
     response = await mock_client(handler, stream=True).create(BODY)
@@ -233,7 +272,9 @@ async def test_output_item_done_is_authoritative() -> None:
 
 
 async def test_stream_without_terminal_event_is_a_failure_and_not_retried() -> None:
-    handler = Counted(lambda n: sse_response({"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM}))
+    handler = Counted(
+        lambda n: sse_response({"type": "response.output_item.added", "output_index": 0, "item": CALL_ITEM})
+    )
 
     with pytest.raises(errors.MalformedResponseError, match="without a terminal event"):
         await mock_client(handler, stream=True).create(BODY)
@@ -265,8 +306,9 @@ async def test_a_json_reply_to_a_stream_request_is_accepted() -> None:
 # --- against the real stand-in over HTTP ---------------------------------------------------------
 
 
-def real_client(upstream: StandIn, *, stream: bool = True, key: str = FAKE_KEY,
-                retry: RetryPolicy = FAST) -> tuple[ResponsesClient, httpx.AsyncClient]:  # fmt: skip
+def real_client(
+    upstream: StandIn, *, stream: bool = True, key: str = FAKE_KEY, retry: RetryPolicy = FAST
+) -> tuple[ResponsesClient, httpx.AsyncClient]:
     http = httpx.AsyncClient(timeout=10)
     return ResponsesClient(http, base_url=upstream.base_url, api_key=key, stream=stream, retry=retry), http
 
@@ -287,7 +329,10 @@ async def test_stand_in_round_trip(standin: StandIn, stream: bool) -> None:
         (Faults(status=403), errors.PermissionDeniedError),
         (Faults(status=404), errors.NotFoundError),
         (Faults(status=429, retry_after="7200"), errors.RateLimitError),
-        (Faults(status=429, error_code="insufficient_quota", error_message="You exceeded your current quota"), errors.QuotaExceededError),  # noqa: E501
+        (
+            Faults(status=429, error_code="insufficient_quota", error_message="You exceeded your current quota"),
+            errors.QuotaExceededError,
+        ),
         (Faults(status=502), errors.ServerError),
         (Faults(cut_stream_after=4), errors.MalformedResponseError),
         (Faults(reset_stream_after=4), errors.UpstreamConnectionError),

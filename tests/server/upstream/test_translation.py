@@ -24,10 +24,19 @@ from server.upstream.translation import (
 )
 
 VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-CALCULATOR = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"},
-              "operation": {"type": "string"}}, "required": ["operation", "a", "b"]}  # fmt: skip
-RANDOM = {"type": "object", "properties": {"min": {"type": "integer", "default": 1}, "max": {"type": "integer"},
-          "count": {"type": "integer", "minimum": 1, "maximum": 10}}}  # fmt: skip
+CALCULATOR = {
+    "type": "object",
+    "properties": {"a": {"type": "number"}, "b": {"type": "number"}, "operation": {"type": "string"}},
+    "required": ["operation", "a", "b"],
+}
+RANDOM = {
+    "type": "object",
+    "properties": {
+        "min": {"type": "integer", "default": 1},
+        "max": {"type": "integer"},
+        "count": {"type": "integer", "minimum": 1, "maximum": 10},
+    },
+}
 
 
 def test_names_are_made_valid_reversibly_and_without_collisions() -> None:
@@ -54,7 +63,12 @@ def test_key4u_example_schemas_become_strict_with_optional_parameters_nullable()
 def test_zero_argument_tool_is_a_strict_empty_object() -> None:
     spec = to_function_tool("system_info", "", {"type": "object"}, "system_info")
     assert spec.strict
-    assert spec.tool["parameters"] == {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
+    assert spec.tool["parameters"] == {
+        "type": "object",
+        "properties": {},
+        "required": [],
+        "additionalProperties": False,
+    }
     assert parse_arguments(spec, "") == {}
 
 
@@ -75,7 +89,9 @@ def test_schemas_strict_mode_cannot_express_fall_back_to_strict_false(schema: di
     assert spec.tool["parameters"]["type"] == "object"
 
 
-@pytest.mark.parametrize("schema", [{"anyOf": [{"type": "object"}, {"type": "null"}]}, {"type": "string"}, {"type": ["object", "null"]}])
+@pytest.mark.parametrize(
+    "schema", [{"anyOf": [{"type": "object"}, {"type": "null"}]}, {"type": "string"}, {"type": ["object", "null"]}]
+)
 def test_non_object_roots_are_refused_clearly(schema: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedToolError, match="must be an object schema"):
         to_function_tool("t", "", schema, "t")
@@ -122,10 +138,12 @@ def test_results_become_strings_with_errors_marked_and_non_text_described() -> N
     assert result_to_output(ok) == '580.2\n{"result":580.2}'
     error = CallToolResult(content=[TextContent(type="text", text="division by zero")], is_error=True)
     assert result_to_output(error) == "Error: division by zero"
-    mixed = CallToolResult(content=[
-        ImageContent(type="image", data="aGVsbG8=", mime_type="image/png"),
-        EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///a.txt", text="body")),
-    ])  # fmt: skip
+    mixed = CallToolResult(
+        content=[
+            ImageContent(type="image", data="aGVsbG8=", mime_type="image/png"),
+            EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///a.txt", text="body")),
+        ]
+    )
     output = result_to_output(mixed)
     assert "[image: image/png" in output and "[resource file:///a.txt]\nbody" in output
     assert result_to_output(CallToolResult(content=[])) == "(no output)"
@@ -151,9 +169,17 @@ def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
     props = st.dictionaries(keys, children, max_size=4)
     return st.one_of(
-        st.builds(lambda p, r, extra: {"type": "object", "properties": p, "required": list(p)[:r],
-                                       **({"additionalProperties": extra} if extra is not None else {})},
-                  props, st.integers(0, 4), st.sampled_from([None, False, True])),  # fmt: skip
+        st.builds(
+            lambda p, r, extra: {
+                "type": "object",
+                "properties": p,
+                "required": list(p)[:r],
+                **({"additionalProperties": extra} if extra is not None else {}),
+            },
+            props,
+            st.integers(0, 4),
+            st.sampled_from([None, False, True]),
+        ),
         st.builds(lambda i: {"type": "array", "items": i}, children),
         st.builds(lambda a: {"anyOf": a}, st.lists(children, min_size=1, max_size=3)),
         st.builds(lambda a: {"oneOf": a}, st.lists(children, min_size=1, max_size=3)),
@@ -193,9 +219,19 @@ def test_any_schema_becomes_a_valid_function_tool_or_a_clear_strict_false(schema
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(max_size=200), st.builds(json.dumps, st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
-    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)), max_leaves=10))))  # fmt: skip
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            json.dumps,
+            st.recursive(
+                st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
+                lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                max_leaves=10,
+            ),
+        ),
+    )
+)
 def test_any_argument_string_gives_arguments_or_an_error_message(arguments: str) -> None:
     for schema in (CALCULATOR, RANDOM, {"type": "object"}, {"type": "object", "additionalProperties": True}):
         spec = to_function_tool("t", "", schema, "t")
@@ -209,7 +245,9 @@ def test_any_argument_string_gives_arguments_or_an_error_message(arguments: str)
 
 def test_stand_in_rejects_what_the_real_endpoint_rejects() -> None:
     with pytest.raises(RequestError, match="additionalProperties"):
-        check_tools([{"type": "function", "name": "t", "strict": True, "parameters": {"type": "object", "properties": {}}}])
+        check_tools(
+            [{"type": "function", "name": "t", "strict": True, "parameters": {"type": "object", "properties": {}}}]
+        )
     with pytest.raises(RequestError, match="pattern"):
         check_tools([{"type": "function", "name": "bad.name", "parameters": {"type": "object"}}])
     with pytest.raises(StrictSchemaError):
