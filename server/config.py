@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_DEADLINE", "deadline"),
         description="Seconds before key4u_respond returns in_progress and keeps working.",
     )
+    claim_lease: float = Field(
+        default=15.0,
+        ge=0.5,
+        le=600,
+        validation_alias=AliasChoices("KEY4U_CLAIM_LEASE", "claim_lease"),
+        description="Seconds a running conversation's claim lasts unless renewed: after a crash, another "
+        "process may continue it this long after the last renewal.",
+    )
     tool_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("KEY4U_TOOL_TIMEOUT", "tool_timeout"))
     tool_concurrency: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency")

@@ -7,9 +7,10 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 Status = Literal["completed", "requires_action", "in_progress", "incomplete", "failed"]
+Effort = Literal["minimal", "low", "medium", "high"]
 
 
 class UsageTotals(BaseModel):
@@ -38,12 +39,25 @@ class PendingCall(BaseModel):
     arguments: dict[str, Any]
 
 
+class FunctionDefinition(BaseModel):
+    """A function the remote model may call; the caller runs it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = Field(min_length=1, max_length=128)
+    description: str = ""
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        validation_alias=AliasChoices("inputSchema", "input_schema", "parameters"),
+        serialization_alias="inputSchema",
+    )
+
+
 class Options(BaseModel):
     model: str
     instructions: str | None = None
     tools: list[str] | None = None
-    functions: list[dict[str, Any]] = Field(default_factory=list)
-    reasoning_effort: str | None = None
+    functions: list[FunctionDefinition] = Field(default_factory=list)
+    reasoning_effort: Effort | None = None
     web_search: bool = False
     response_format: dict[str, Any] | None = None
     tool_choice: str = "auto"

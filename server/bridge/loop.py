@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
-from mcp.types import CallToolResult
 
 from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace
 from server.errors import UpstreamError
+from server.toolsets.base import OfferedTool, RunMode
 from server.upstream.translation import (
     MAX_OUTPUT_CHARS,
     ArgumentError,
@@ -40,25 +40,27 @@ class Upstream(Protocol):
     async def create(self, body: dict[str, Any], *, on_event: EventCallback | None = None) -> ResponseObject: ...
 
 
-class ToolRunner(Protocol):
-    async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult: ...
-
-
 @dataclass(frozen=True)
 class Offered:
-    """One function offered to the model, and who runs it."""
+    """One function offered to the model: its API form, and the tool that takes its calls."""
 
     spec: FunctionSpec
-    mode: Literal["run", "return"]
+    tool: OfferedTool
+
+    @property
+    def mode(self) -> RunMode:
+        return self.tool.mode
 
 
 @dataclass
-class Toolset:
+class Offer:
+    """The functions offered in one conversation, by the names the API sees."""
+
     offered: dict[str, Offered] = field(default_factory=dict)  # by API name
     names: NameMap = field(default_factory=NameMap)
 
-    def add(self, spec: FunctionSpec, mode: Literal["run", "return"]) -> None:
-        self.offered[spec.api_name] = Offered(spec, mode)
+    def add(self, spec: FunctionSpec, tool: OfferedTool) -> None:
+        self.offered[spec.api_name] = Offered(spec, tool)
 
     def api_name(self, mcp_name: str) -> str | None:
         return self.names.to_api.get(mcp_name)
@@ -90,7 +92,7 @@ def _replay_form(item: dict[str, Any]) -> dict[str, Any] | None:
     return None  # hosted tool items (web_search_call, ...) are not replayable without storage
 
 
-def build_request(conv: Conversation, tools: Toolset, limits: LoopLimits) -> dict[str, Any]:
+def build_request(conv: Conversation, tools: Offer, limits: LoopLimits) -> dict[str, Any]:
     opts = conv.options
     body: dict[str, Any] = {"model": opts.model, "parallel_tool_calls": opts.parallel_tool_calls}
     if limits.conversation_mode == "previous_response_id" and conv.previous_response_id:
@@ -155,8 +157,7 @@ def _add_usage(conv: Conversation, response: ResponseObject) -> None:
 @dataclass
 class Loop:
     upstream: Upstream
-    runner: ToolRunner
-    tools: Toolset
+    tools: Offer
     limits: LoopLimits = field(default_factory=LoopLimits)
     progress: Progress | None = None
     clock_start: float = field(default_factory=time.perf_counter)
@@ -302,7 +303,8 @@ class Loop:
             ok = False
             try:
                 with anyio.fail_after(self.limits.call_timeout):
-                    result = await self.runner.call(name, arguments)
+                    # A little under the loop's own bound, so that a downstream server can mark itself hung first.
+                    result = await offered.tool.call(arguments, self.limits.call_timeout * 0.95)
                 output = result_to_output(result, self.limits.output_chars)
                 ok = not result.is_error
             except TimeoutError:

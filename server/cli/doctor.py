@@ -188,7 +188,7 @@ async def downstream_checks(settings: Settings) -> list[Check]:
     checks = [Check("MCP servers file", True, str(path))]
     for server in hub.servers.values():
         if server.status == "ready":
-            checks.append(Check(f"server {server.name}", True, f"{len(server.tools)} tools"))
+            checks.append(Check(f"server {server.name}", True, f"{len(server.listed)} tools"))
         elif server.status == "disabled":
             checks.append(Check(f"server {server.name}", True, "disabled"))
         else:

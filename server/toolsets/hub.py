@@ -26,10 +26,11 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
-from mcp.types import CallToolResult, TextContent, Tool
+from mcp.types import CallToolResult, Tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import default_servers_file
+from server.toolsets.base import OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
 from server.toolsets.policy import SEPARATOR, Mode, Policy
 
 if sys.version_info < (3, 11):
@@ -100,13 +101,15 @@ class Downstream:
     config: ServerConfig
     status: Literal["starting", "ready", "failed", "disabled"] = "starting"
     error: str | None = None
-    tools: list[Tool] = field(default_factory=list)
+    listed: list[Tool] = field(default_factory=list)
     failures: int = 0
     next_retry: float | None = None
     client: Any = None  # an mcp.Client while connected
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
     _ready: anyio.Event = field(default_factory=anyio.Event)
+    #: Set once the first attempt to start has ended, ready or failed.
+    settled: anyio.Event = field(default_factory=anyio.Event)
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
         import httpx2
@@ -132,6 +135,7 @@ class Downstream:
         """Keep this server connected until cancelled."""
         if self.config.disabled:
             self.status = "disabled"
+            self.settled.set()
             return
         while True:
             started = time.monotonic()
@@ -142,7 +146,8 @@ class Downstream:
             except BaseException as exc:
                 self.error = _describe(exc)
                 logger.warning("downstream server %s failed: %s", self.name, self.error)
-            self.status, self.client, self.tools = "failed", None, []
+            self.status, self.client, self.listed = "failed", None, []
+            self.settled.set()
             self._ready = anyio.Event()
             self.failures = 1 if time.monotonic() - started > 120 else self.failures + 1
             delay = min(60.0, 0.5 * 2 ** (self.failures - 1))
@@ -163,7 +168,8 @@ class Downstream:
                 await self._list(client)
             self.client, self.status, self.error, self.next_retry = client, "ready", None, None
             self._ready.set()
-            logger.info("downstream server %s ready with %d tools", self.name, len(self.tools))
+            self.settled.set()
+            logger.info("downstream server %s ready with %d tools", self.name, len(self.listed))
             while True:
                 with anyio.move_on_after(ping_interval):
                     async with anyio.create_task_group() as tg:
@@ -193,7 +199,31 @@ class Downstream:
             cursor = page.next_cursor
             if not cursor:
                 break
-        self.tools = tools
+        self.listed = tools
+
+    # --- the Toolset protocol -------------------------------------------------------------
+
+    def tools(self) -> list[OfferedTool]:
+        return [
+            OfferedTool(
+                name=t.name,
+                description=t.description,
+                input_schema=t.input_schema,
+                owner=self,
+                owner_name=t.name,
+                read_only=bool(t.annotations and t.annotations.read_only_hint),
+                listing=t,
+            )
+            for t in self.listed
+        ]
+
+    def problem(self) -> str | None:
+        if self.status in ("failed", "starting"):
+            return f"MCP server {self.name!r} is {self.status}: {self.error or 'still starting'}"
+        return None
+
+    def might_offer(self, name: str) -> bool:
+        return self.status != "disabled"
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         if self.status != "ready" or self._broken.is_set():
@@ -221,7 +251,7 @@ class Downstream:
         return {
             "server": self.name,
             "status": self.status,
-            "tools": len(self.tools),
+            "tools": len(self.listed),
             "error": self.error,
             "transport": "stdio" if self.config.command else "http",
         }
@@ -233,23 +263,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _error(text: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
-
-
-@dataclass(frozen=True)
-class HubTool:
-    qualified: str
-    server: str
-    tool: Tool
-    mode: Mode
+_error = error_result
 
 
 class Hub:
+    """The downstream servers: keeps each connected, and offers each as a toolset.
+
+    Each server's tools pass its policy under their own names, then take the ``<server>__``
+    prefix; a call goes back to the server that listed the tool.
+    """
+
     def __init__(self, config: HubConfig, *, ping_interval: float = 15.0) -> None:
         self.config = config
         self.servers = {name: Downstream(name, cfg) for name, cfg in config.servers.items()}
         self.ping_interval = ping_interval
+        self.toolsets: list[Toolset] = [
+            PrefixedToolset(PolicyToolset(server, server.config.policy), qualified(server.name, ""))
+            for server in self.servers.values()
+        ]
 
     def start(self, tg: TaskGroup) -> None:
         for server in self.servers.values():
@@ -258,33 +289,11 @@ class Hub:
     async def wait_ready(self, timeout: float) -> None:
         """Wait until every server has finished its first attempt (ready or failed), at most ``timeout``."""
         with anyio.move_on_after(timeout):
-            while any(s.status == "starting" for s in self.servers.values()):
-                await anyio.sleep(0.02)
-
-    def tools(self) -> list[HubTool]:
-        result = []
-        for server in self.servers.values():
-            policy = server.config.policy
-            for tool in server.tools:
-                read_only = bool(tool.annotations and tool.annotations.read_only_hint)
-                mode = policy.mode_for(tool.name, read_only=read_only)
-                if mode != "hidden":
-                    result.append(HubTool(qualified(server.name, tool.name), server.name, tool, mode))
-        return result
+            for server in self.servers.values():
+                await server.settled.wait()
 
     def problems(self) -> list[str]:
-        return [
-            f"MCP server {s.name!r} is {s.status}: {s.error or 'still starting'}"
-            for s in self.servers.values()
-            if s.status in ("failed", "starting")
-        ]
-
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
-        server_name, _, tool = name.partition(SEPARATOR)
-        server = self.servers.get(server_name)
-        if server is None or not tool:
-            return _error(f"unknown downstream tool {name!r}")
-        return await server.call(tool, arguments, timeout)
+        return [p for s in self.servers.values() if (p := s.problem()) is not None]
 
     def report(self) -> list[dict[str, Any]]:
         return [s.report() for s in self.servers.values()]

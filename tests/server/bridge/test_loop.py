@@ -1,4 +1,4 @@
-"""The loop with a scripted tool runner: concurrency, the concurrency cap, timeouts and failures."""
+"""The loop with scripted toolsets: concurrency, the concurrency cap, timeouts and failures."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from mcp.types import CallToolResult, TextContent
 
 from server.bridge.conversation import Conversation, Options
-from server.bridge.loop import Loop, LoopLimits, Toolset
+from server.bridge.loop import Loop, LoopLimits, Offer
 from server.standin import StandIn
+from server.toolsets.base import OfferedTool
 from server.upstream.responses import ResponsesClient
 from server.upstream.translation import NameMap, to_function_tool
 from tests.conftest import FAKE_KEY
@@ -23,21 +24,40 @@ NAMES = [f"probe_{i}" for i in range(16)]
 PROMPT = "run " + " ".join(NAMES)
 
 
-def toolset(names: list[str]) -> Toolset:
-    tools = Toolset(names=NameMap.build(names))
+class Scripted:
+    """A toolset whose ``call`` each test writes; it offers whatever ``offer`` names."""
+
+    def tools(self) -> list[OfferedTool]:
+        return []
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        raise NotImplementedError
+
+    def problem(self) -> str | None:
+        return None
+
+    def might_offer(self, name: str) -> bool:
+        return False
+
+
+def offer(names: list[str], owner: Scripted) -> Offer:
+    tools = Offer(names=NameMap.build(names))
     for name in names:
-        tools.add(to_function_tool(name, "a probe", {"type": "object"}, name), "run")
+        tool = OfferedTool(
+            name=name, description="a probe", input_schema={"type": "object"}, owner=owner, owner_name=name
+        )
+        tools.add(to_function_tool(name, "a probe", {"type": "object"}, name), tool)
     return tools
 
 
-class GatedRunner:
+class GatedRunner(Scripted):
     """Each call waits until ``expected`` calls are running at once: a sequential loop would hang."""
 
     def __init__(self, expected: int) -> None:
         self.expected, self.active, self.peak = expected, 0, 0
         self.all_in = anyio.Event()
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         self.active += 1
         self.peak = max(self.peak, self.active)
         if self.active >= self.expected:
@@ -63,7 +83,7 @@ def conversation(prompt: str = PROMPT) -> Conversation:
 async def test_a_turns_calls_run_at_the_same_time(upstream: ResponsesClient, count: int) -> None:
     runner = GatedRunner(count)
     names = NAMES[:count]
-    loop = Loop(upstream, runner, toolset(names), LoopLimits(concurrency=count))
+    loop = Loop(upstream, offer(names, runner), LoopLimits(concurrency=count))
     with anyio.fail_after(10):
         conv = await loop.run(conversation("run " + " ".join(names)))
     assert conv.status == "completed" and runner.peak == count
@@ -74,8 +94,8 @@ async def test_the_concurrency_cap_is_respected(upstream: ResponsesClient) -> No
     peak = 0
     active = 0
 
-    class Counting:
-        async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+    class Counting(Scripted):
+        async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
             nonlocal peak, active
             active += 1
             peak = max(peak, active)
@@ -83,19 +103,19 @@ async def test_the_concurrency_cap_is_respected(upstream: ResponsesClient) -> No
             active -= 1
             return CallToolResult(content=[TextContent(type="text", text="ok")])
 
-    loop = Loop(upstream, Counting(), toolset(NAMES[:8]), LoopLimits(concurrency=3))
+    loop = Loop(upstream, offer(NAMES[:8], Counting()), LoopLimits(concurrency=3))
     conv = await loop.run(conversation("run " + " ".join(NAMES[:8])))
     assert conv.status == "completed" and peak == 3
 
 
 async def test_a_hung_tool_times_out_and_a_raising_tool_is_reported(upstream: ResponsesClient) -> None:
-    class Bad:
-        async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+    class Bad(Scripted):
+        async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
             if name == "probe_0":
                 await anyio.sleep_forever()
             raise RuntimeError("disk on fire")
 
-    loop = Loop(upstream, Bad(), toolset(NAMES[:2]), LoopLimits(call_timeout=0.2))
+    loop = Loop(upstream, offer(NAMES[:2], Bad()), LoopLimits(call_timeout=0.2))
     with anyio.fail_after(10):
         conv = await loop.run(conversation("run probe_0 probe_1"))
     outputs = {c.name: c.output for c in conv.tool_calls}

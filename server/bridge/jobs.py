@@ -1,0 +1,107 @@
+"""Running conversations: each a job in the server's task group, under a claim renewed while it runs.
+
+A job outlives the call that started it, so that a call can return ``in_progress`` at its deadline
+while the work goes on. ``Jobs.running`` is this process's cache of what it runs; the store's
+claims are the truth that every process sharing the database sees. A job never lets its
+conversation's failure reach the task group, and always saves the conversation and releases its
+claim at the end, even when the server is shutting down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from server.bridge.conversation import Conversation
+from server.bridge.loop import Loop
+from server.store.base import ConversationStore
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[str], Awaitable[None]]
+#: How long the final save and release may take when the server is stopping.
+_SAVE_BOUND = 10.0
+
+
+@dataclass
+class Job:
+    conversation: Conversation
+    done: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    listener: Listener | None = None
+
+    async def notify(self, message: str) -> None:
+        if self.listener is not None:
+            try:
+                await self.listener(message)
+            except Exception:  # a client that went away must not stop the work
+                logger.debug("progress notification failed", exc_info=True)
+
+
+class Jobs:
+    def __init__(self, store: ConversationStore, task_group: TaskGroup, owner: str, lease: float) -> None:
+        self.store = store
+        self.task_group = task_group
+        self.owner = owner
+        self.lease = lease
+        self.running: dict[str, Job] = {}
+
+    @staticmethod
+    def finished(conv: Conversation) -> Job:
+        """A job for a conversation that is not running here: only its state to report."""
+        job = Job(conv)
+        job.done.set()
+        return job
+
+    def start(self, conv: Conversation, make_loop: Callable[[Job], Loop]) -> Job:
+        """Run ``conv`` (already claimed by this process and saved as running) in the background."""
+        job = Job(conv)
+        self.running[conv.id] = job
+        loop = make_loop(job)
+        self.task_group.start_soon(self._run, job, loop, name=f"conversation:{conv.id}")
+        return job
+
+    async def _run(self, job: Job, loop: Loop) -> None:
+        conv = job.conversation
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_claim, job)
+                with job.scope:
+                    await loop.run(conv)
+                tg.cancel_scope.cancel()
+            if job.scope.cancelled_caught:
+                conv.status, conv.error = "failed", "cancelled by the client"
+        except Exception as exc:  # never let one conversation take the server down
+            logger.exception("conversation %s crashed", conv.id)
+            conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"
+        finally:
+            with anyio.move_on_after(_SAVE_BOUND, shield=True):
+                try:
+                    await self._save_and_release(conv)
+                except Exception:
+                    logger.exception("conversation %s: the final save failed", conv.id)
+            self.running.pop(conv.id, None)
+            job.done.set()
+
+    async def _save_and_release(self, conv: Conversation) -> None:
+        try:
+            await self.store.put(conv)
+        finally:
+            await self.store.release(conv.id, self.owner)
+
+    async def _keep_claim(self, job: Job) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            if not await self.store.renew(job.conversation.id, self.owner, self.lease):
+                logger.warning("conversation %s: its claim was lost; stopping it here", job.conversation.id)
+                job.conversation.notes.append("another server process took this conversation over")
+                job.scope.cancel()
+                return
+
+    def cancel_all(self) -> None:
+        for job in list(self.running.values()):
+            job.scope.cancel()

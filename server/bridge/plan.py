@@ -1,0 +1,88 @@
+"""Which functions a conversation offers the model: checked before anything is sent.
+
+``Planner`` turns the conversation's options (``tools``, ``functions``, ``tool_choice``) and the
+toolsets available now into an ``Offer``. It owns the cache of converted function specs; it
+never runs a tool and never talks to the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from server.bridge.conversation import Options
+from server.bridge.loop import Offer
+from server.toolsets.base import CombinedToolset, OfferedTool
+from server.toolsets.functions import FunctionsToolset
+from server.upstream.translation import FunctionSpec, NameMap, UnsupportedToolError, to_function_tool
+
+logger = logging.getLogger(__name__)
+
+_MAX_CACHED_SPECS = 1024
+
+
+class Planner:
+    def __init__(self, available: CombinedToolset) -> None:
+        self.available = available
+        self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
+
+    def offer(self, options: Options) -> Offer:
+        """The functions offered under ``options``; a ``ToolError`` says what the caller must change."""
+        available = self.available.by_name()
+        names = list(available) if options.tools is None else options.tools
+        self._check_names(names, available)
+        functions = FunctionsToolset(options.functions).tools()
+        self._check_functions(functions, names)
+        offer = Offer(names=NameMap.build([*names, *(f.name for f in functions)]))
+        for name in names:
+            try:
+                offer.add(self._spec(available[name], offer.names.to_api[name]), available[name])
+            except UnsupportedToolError as exc:
+                logger.warning("%s", exc)
+        for function in functions:
+            try:
+                offer.add(self._spec(function, offer.names.to_api[function.name]), function)
+            except UnsupportedToolError as exc:
+                raise ToolError(str(exc)) from exc
+        choice = options.tool_choice
+        if choice not in ("auto", "none", "required") and choice not in offer.names.to_api:
+            raise ToolError(f"tool_choice {choice!r} is not auto, none, required or the name of an offered tool")
+        return offer
+
+    def _check_names(self, names: list[str], available: dict[str, OfferedTool]) -> None:
+        unknown = [n for n in names if n not in available]
+        down = sorted({p for n in unknown if (p := self.available.unavailable(n)) is not None})
+        if down:
+            raise ToolError(f"{'; '.join(down)}; it is retried with backoff, try again shortly")
+        if unknown:
+            raise ToolError(
+                f"unknown tool(s) {', '.join(unknown)} in tools; the tools available are: {', '.join(available)}"
+            )
+
+    @staticmethod
+    def _check_functions(functions: list[OfferedTool], names: list[str]) -> None:
+        clash = [f.name for f in functions if f.name in names]
+        if clash:
+            raise ToolError(
+                f"function name(s) {', '.join(clash)} clash with this server's tools; rename them, or leave those "
+                "tools out with the tools argument"
+            )
+        if len({f.name for f in functions}) != len(functions):
+            raise ToolError("two functions have the same name")
+
+    def _spec(self, tool: OfferedTool, api_name: str) -> FunctionSpec:
+        """``to_function_tool``, remembered: the same tools are offered on every call."""
+        key = (tool.name, tool.description, _schema_key(tool.input_schema), api_name)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) > _MAX_CACHED_SPECS:
+                self._specs.clear()
+            spec = self._specs[key] = to_function_tool(tool.name, tool.description, tool.input_schema, api_name)
+        return spec
+
+
+def _schema_key(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True)

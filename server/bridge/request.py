@@ -1,0 +1,112 @@
+"""``key4u_respond``'s request and result: validated once at the MCP boundary, typed all the way down.
+
+The fields of ``RespondRequest`` are the tool's parameters (the MCP surface derives the tool's
+signature from them), so the schema a host sees and the validation the bridge relies on are one
+object. This module holds data only: no I/O, no MCP wiring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.bridge.conversation import Effort, FunctionDefinition, PendingCall, Status, ToolCallTrace, UsageTotals
+
+
+class FunctionOutput(BaseModel):
+    """The result of one pending call, sent back by the caller."""
+
+    call_id: str = Field(min_length=1)
+    output: Any = Field(description="The function's result: a string, or any JSON value (sent as JSON).")
+
+
+class RespondRequest(BaseModel):
+    """One ``key4u_respond`` call: start a conversation, continue one, or wait for one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, description="The user message. Required unless conversation_id is given.")
+    instructions: str | None = Field(default=None, description="System/developer instructions for the model.")
+    model: str | None = Field(default=None, description="Model name at the gateway (default: the KEY4U_MODEL setting).")
+    tools: list[str] | None = Field(
+        default=None,
+        description="Names of this server's tools the model may call (default: all local tools; [] for none).",
+    )
+    functions: list[FunctionDefinition] | None = Field(
+        default=None,
+        description="Your own tool definitions (name, description, inputSchema). The model may call them; they "
+        "come back to you as pending_calls.",
+    )
+    function_outputs: list[FunctionOutput] | None = Field(
+        default=None,
+        description="Results of pending_calls (call_id, output), sent with the conversation_id that asked for them.",
+    )
+    conversation_id: str | None = Field(default=None, description="Continue (or wait for) an earlier conversation.")
+    reasoning_effort: Effort | None = Field(default=None, description="Reasoning effort for reasoning models.")
+    web_search: bool = Field(default=False, description="Let the model use the gateway's built-in web_search tool.")
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema the answer must follow; the parsed object is returned in `parsed`.",
+    )
+    tool_choice: str = Field(default="auto", description="auto, none, required, or the name of one tool.")
+    parallel_tool_calls: bool = Field(default=True, description="Allow several tool calls per turn.")
+    max_turns: int = Field(default=8, ge=1, le=64, description="Most model turns before stopping.")
+    max_output_tokens: int | None = Field(default=None, ge=16, description="Cap on output tokens per turn.")
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        max_length=16,
+        description='String pairs passed through to the gateway (e.g. {"model_id": "32"}).',
+    )
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether this call adds to the conversation (rather than only waiting for it)."""
+        return bool(self.prompt or self.function_outputs)
+
+    def option_updates(self) -> dict[str, Any]:
+        """The options this call sets, for a conversation being started or continued.
+
+        Unset (None) fields are left out: a continued conversation keeps those options.
+        """
+        given = self.model_dump(include=_OPTION_FIELDS, exclude_none=True)
+        if self.functions is not None:
+            given["functions"] = self.functions
+        if not self.web_search:
+            given.pop("web_search", None)
+        return given
+
+
+_OPTION_FIELDS = {
+    "model",
+    "instructions",
+    "tools",
+    "reasoning_effort",
+    "web_search",
+    "response_format",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_turns",
+    "max_output_tokens",
+    "metadata",
+}
+
+
+class RespondResult(BaseModel):
+    """What ``key4u_respond`` returns: the answer, where the conversation stands, and its trace."""
+
+    text: str = Field(description="The model's final answer (possibly shortened; see the transcript resource).")
+    status: Status
+    conversation_id: str
+    model: str | None = Field(description="The model as the gateway reports it (gateways rename models).")
+    turns: int
+    tool_calls: list[ToolCallTrace]
+    pending_calls: list[PendingCall]
+    parsed: Any = Field(default=None, description="The parsed JSON answer, when response_format was given.")
+    usage: UsageTotals
+    error: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    transcript: str = Field(description="URI of the full transcript resource.")
+
+
+__all__ = ["FunctionDefinition", "FunctionOutput", "RespondRequest", "RespondResult"]

@@ -1,0 +1,66 @@
+"""The conversation store protocol: where conversations live, and who is running each one.
+
+A running conversation is *claimed*: its owner (one server process) holds a lease that it renews
+while it works. A claim is atomic, so of two replicas racing to continue one conversation exactly
+one wins; a lease that is not renewed (its owner crashed) expires, and then anyone may claim it.
+Implementations: ``SQLiteStore`` (the default, one machine) and ``MemoryStore`` (tests, and a
+server with no disk). This module holds the protocol only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.bridge.conversation import Conversation, Status
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A conversation as stored, with its claim."""
+
+    conversation: Conversation
+    owner: str | None
+    lease_until: float | None
+
+    def held_by_other(self, owner: str, now: float) -> bool:
+        """Whether another process holds a live claim on it."""
+        return self.owner is not None and self.owner != owner and (self.lease_until or 0.0) > now
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    id: str
+    status: Status
+    updated_at: float
+
+
+class ConversationStore(Protocol):
+    async def get(self, conversation_id: str) -> Stored | None: ...
+
+    async def put(self, conversation: Conversation) -> None:
+        """Save ``conversation`` (insert or replace its data); its claim is left as it is."""
+        ...
+
+    async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
+        """Save a new conversation, claimed by ``owner`` for ``lease`` seconds."""
+        ...
+
+    async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
+        """Atomically claim an unclaimed (or expired, or own) conversation and return its latest state;
+        None when another owner holds a live claim or it does not exist."""
+        ...
+
+    async def renew(self, conversation_id: str, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s claim; False when it is no longer theirs."""
+        ...
+
+    async def release(self, conversation_id: str, owner: str) -> None: ...
+
+    async def list(self, limit: int = 50) -> list[ConversationInfo]:
+        """The most recently updated conversations, newest first."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def aclose(self) -> None: ...

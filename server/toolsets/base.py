@@ -1,0 +1,153 @@
+"""The ``Toolset`` protocol: a source of tools that the remote model may call, and the tools it offers.
+
+A toolset lists its tools as ``OfferedTool``s, each carrying the toolset that runs it and the
+name it has there, so that a call goes back to its owner without anyone parsing a name.
+Wrappers (``PrefixedToolset``, ``PolicyToolset``) rename, filter and set modes; they never run
+anything themselves. A toolset's health is state (``problem()``), never searched for in text.
+
+This module owns the protocol and the generic wrappers; it never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+from mcp.types import CallToolResult, TextContent, Tool
+
+from server.toolsets.policy import Policy
+
+#: ``run``: the bridge runs the call; ``return``: the call is handed back to the caller.
+RunMode = Literal["run", "return"]
+
+
+@dataclass(frozen=True)
+class OfferedTool:
+    """One tool as offered to the model: its name there, its schema, and who runs it."""
+
+    name: str
+    description: str | None
+    input_schema: dict[str, Any]
+    owner: Toolset
+    #: The tool's name inside ``owner``: what ``owner.call`` expects.
+    owner_name: str
+    read_only: bool = False
+    mode: RunMode = "run"
+    #: The MCP listing the tool came from, when it came from one (for proxy mode).
+    listing: Tool | None = None
+
+    async def call(self, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        return await self.owner.call(self.owner_name, arguments, timeout)
+
+
+class Toolset(Protocol):
+    """A source of tools. ``tools()`` is cheap and synchronous: it reports the current state."""
+
+    def tools(self) -> Sequence[OfferedTool]: ...
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        """Run the tool called ``name`` here; failures come back as an ``is_error`` result."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why this toolset offers fewer tools than it should right now, or None when it is healthy."""
+        ...
+
+    def might_offer(self, name: str) -> bool:
+        """Whether ``name`` is one this toolset would offer when healthy (to explain a missing tool)."""
+        ...
+
+
+def error_result(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+class PrefixedToolset:
+    """The tools of ``inner`` under ``<prefix><name>``; calls still go to ``inner``'s owners."""
+
+    def __init__(self, inner: Toolset, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix
+
+    def tools(self) -> list[OfferedTool]:
+        return [replace(t, name=self.prefix + t.name) for t in self.inner.tools()]
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        return await self.inner.call(name, arguments, timeout)
+
+    def problem(self) -> str | None:
+        return self.inner.problem()
+
+    def might_offer(self, name: str) -> bool:
+        return name.startswith(self.prefix)
+
+
+class PolicyToolset:
+    """The tools of ``inner`` that ``policy`` lets the model see, each with its mode.
+
+    ``default`` is the mode of a tool the policy does not name; None means by annotation
+    (read-only tools run, the others return to the caller).
+    """
+
+    def __init__(self, inner: Toolset, policy: Policy, default: RunMode | None = None) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.default: RunMode | None = default
+
+    def tools(self) -> list[OfferedTool]:
+        offered: list[OfferedTool] = []
+        for tool in self.inner.tools():
+            mode = self.policy.mode_for(tool.name, read_only=tool.read_only, default=self.default)
+            if mode != "hidden":
+                offered.append(replace(tool, mode=mode))
+        return offered
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        return await self.inner.call(name, arguments, timeout)
+
+    def problem(self) -> str | None:
+        return self.inner.problem()
+
+    def might_offer(self, name: str) -> bool:
+        return self.inner.might_offer(name)
+
+
+class CombinedToolset:
+    """Several toolsets as one; the first to offer a name wins."""
+
+    def __init__(self, toolsets: Sequence[Toolset]) -> None:
+        self.toolsets = list(toolsets)
+
+    def tools(self) -> list[OfferedTool]:
+        seen: dict[str, OfferedTool] = {}
+        for toolset in self.toolsets:
+            for tool in toolset.tools():
+                seen.setdefault(tool.name, tool)
+        return list(seen.values())
+
+    def by_name(self) -> dict[str, OfferedTool]:
+        return {t.name: t for t in self.tools()}
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        tool = self.by_name().get(name)
+        if tool is None:
+            return error_result(f"Unknown tool: {name}")
+        return await tool.call(arguments, timeout)
+
+    def problem(self) -> str | None:
+        problems = self.problems()
+        return "; ".join(problems) if problems else None
+
+    def problems(self) -> list[str]:
+        return [p for t in self.toolsets if (p := t.problem()) is not None]
+
+    def might_offer(self, name: str) -> bool:
+        return any(t.might_offer(name) for t in self.toolsets)
+
+    def unavailable(self, name: str) -> str | None:
+        """Why ``name`` is missing, when a toolset that would offer it is unhealthy."""
+        for toolset in self.toolsets:
+            if toolset.might_offer(name) and (problem := toolset.problem()) is not None:
+                return problem
+        return None

@@ -1,0 +1,111 @@
+"""Conversations shared by server processes on one database: claims and leases, through real stdio servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from server.standin import Faults, StandIn
+from server.store.sqlite import SQLiteStore
+from tests.conftest import FAKE_KEY
+from tests.server.transports.test_stdio import script
+
+pytestmark = pytest.mark.anyio
+
+
+def server_env(standin: StandIn, db: Path, **extra: str) -> dict[str, str]:
+    return {
+        "KEY4U_API_KEY": FAKE_KEY,
+        "KEY4U_BASE_URL": standin.base_url,
+        "KEY4U_DB_PATH": str(db),
+        "KEY4U_MAX_RETRIES": "0",
+        "PATH": os.environ.get("PATH", ""),
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def server(env: dict[str, str], errlog: Path) -> AsyncIterator[Client]:
+    with errlog.open("a") as err:
+        async with Client(stdio_client(StdioServerParameters(command=script(), env=env), errlog=err)) as client:
+            yield client
+
+
+async def respond(client: Client, **arguments: Any) -> tuple[bool, dict[str, Any], str]:
+    result = await client.call_tool("key4u_respond", arguments)
+    text = "\n".join(getattr(block, "text", "") for block in result.content)
+    return result.is_error, result.structured_content or {}, text
+
+
+async def test_two_servers_racing_to_continue_one_conversation_run_it_once(standin: StandIn, tmp_path: Path) -> None:
+    env = server_env(standin, tmp_path / "shared.sqlite3")
+    async with server(env, tmp_path / "a.txt") as a, server(env, tmp_path / "b.txt") as b:
+        is_error, first, _ = await respond(a, prompt="hello", tools=[])
+        assert not is_error and first["status"] == "completed"
+        conversation_id = first["conversation_id"]
+        standin.faults = Faults(latency=1.0)  # both continuations reach the store while one runs
+        requests_before = len(standin.requests)
+        outcomes: list[tuple[bool, dict[str, Any], str]] = []
+
+        async def go(client: Client) -> None:
+            outcomes.append(await respond(client, conversation_id=conversation_id, prompt="and again"))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(go, a)
+                tg.start_soon(go, b)
+    ran = [o for o in outcomes if not o[0]]
+    refused = [o for o in outcomes if o[0]]
+    assert len(ran) == 1 and len(refused) == 1, outcomes
+    assert ran[0][1]["status"] == "completed" and ran[0][1]["turns"] == 2
+    assert "running in another server process" in refused[0][2]
+    assert len(standin.requests) == requests_before + 1  # the gateway saw one continuation, not two
+    store = SQLiteStore(tmp_path / "shared.sqlite3")
+    stored = await store.get(conversation_id)
+    await store.aclose()
+    assert stored is not None and stored.owner is None and stored.conversation.turns == 2
+    assert [i["content"] for i in stored.conversation.items if i.get("role") == "user"] == ["hello", "and again"]
+
+
+async def test_a_conversation_of_a_killed_server_is_continued_once_its_lease_expires(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.sqlite3"
+    env = server_env(standin, db, KEY4U_CLAIM_LEASE="2", KEY4U_DEADLINE="0.5")
+    standin.faults = Faults(latency=60.0)  # the first server is mid-turn when it dies
+    params = StdioServerParameters(command=script(), env=env)
+    with (tmp_path / "killed.txt").open("w") as err:
+        async with Client(stdio_client(params, errlog=err)) as doomed:
+            is_error, started, _ = await respond(doomed, prompt="hello", tools=[])
+            assert not is_error and started["status"] == "in_progress"
+            conversation_id = started["conversation_id"]
+            store = SQLiteStore(db)
+            stored = await store.get(conversation_id)
+            assert stored is not None and stored.owner is not None
+            owner_pid = int(stored.owner.split(":")[1])
+            os.kill(owner_pid, signal.SIGKILL)
+    killed_at = time.time()
+    stored = await store.get(conversation_id)
+    assert stored is not None and stored.held_by_other("", time.time())  # the dead owner's lease still runs
+    standin.faults = Faults()
+    async with server(env, tmp_path / "restarted.txt") as restarted:
+        with anyio.fail_after(10):
+            while (stored := await store.get(conversation_id)) and stored.held_by_other("", time.time()):
+                await anyio.sleep(0.1)
+        assert time.time() - killed_at < 8  # seconds, not minutes
+        is_error, reported, _ = await respond(restarted, conversation_id=conversation_id)
+        assert reported["status"] == "incomplete"
+        assert any("stopped before it finished" in n for n in reported["notes"])
+        is_error, continued, _ = await respond(restarted, conversation_id=conversation_id, prompt="go on")
+        assert not is_error and continued["status"] == "completed", continued
+    await store.aclose()
