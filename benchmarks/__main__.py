@@ -25,7 +25,8 @@ def render(rows: list[Row], seconds: float) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['os']}, "
         f"Python {info['python']}. Run took {seconds:.0f} s on {time.strftime('%Y-%m-%d')}.",
         "",
-        "Reproduce: `python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]' && .venv/bin/python -m benchmarks`",
+        "Reproduce: `python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]' "
+        "&& .venv/bin/python -m benchmarks`",
         "",
         "| benchmark | figure | target | met |",
         "|---|---|---|---|",

@@ -81,7 +81,8 @@ def main() -> None:
         "",
         "Other failure paths have their own tests: every error class and retry rule of the Responses client",
         "(`tests/server/upstream/test_responses.py`), downstream servers that never start, crash mid-call, hang or",
-        "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, Host/Origin and size checks",
+        "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, "
+        "Host/Origin and size checks",
         "(`tests/server/transports/test_http.py`), property-based tests of the translation",
         "(`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`).",
     ]

@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from benchmarks.common import (
     KEY,
     REPO,
+    Spread,
     bridge_env,
     cpu_seconds,
     script,
@@ -31,6 +32,16 @@ from benchmarks.common import (
     stdio_bridge,
 )
 from server.cli.demo import KEY4U_PROMPT
+from tools.current_time import current_time
+from tools.math_calculator import math_calculator
+from tools.random_generator import random_generator
+from tools.system_info import system_info
+
+try:
+    import agents  # pyright: ignore[reportMissingImports] -- the optional bench extra (openai-agents)
+    import openai
+except ImportError:  # without the bench extra, peer() reports "not run"
+    agents = openai = None
 
 
 @dataclass
@@ -116,7 +127,8 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
             }
         )
     )
-    rows = []
+    rows: list[Row] = []
+    single: Spread | None = None
     with standin_process() as (base_url, _):
         env = bridge_env(base_url, tmp, KEY4U_MCP_SERVERS=str(servers))
         async with stdio_bridge(env) as (client, _):
@@ -134,6 +146,7 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
                 if count == 1:
                     single = spread(walls)
                     continue
+                assert single is not None  # the one-call run comes first
                 ratio = spread([w / single.median for w in walls])
                 rows.append(
                     Row(
@@ -199,22 +212,13 @@ async def startup(tmp: Path, repeats: int = 20) -> list[Row]:
 
 
 def _agents_tools() -> list[Any]:
-    from agents import function_tool
-
-    from tools.current_time import current_time
-    from tools.math_calculator import math_calculator
-    from tools.random_generator import random_generator
-    from tools.system_info import system_info
-
-    return [function_tool(f) for f in (current_time, system_info, math_calculator, random_generator)]
+    assert agents is not None  # peer() checks first
+    return [agents.function_tool(f) for f in (current_time, system_info, math_calculator, random_generator)]
 
 
 async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
     """The Key4U example by this bridge and by openai-agents' Runner, against the same stand-in."""
-    try:
-        from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
-        from openai import AsyncOpenAI
-    except ImportError:
+    if agents is None or openai is None:
         return [
             Row(
                 "Peer: openai-agents Runner",
@@ -224,15 +228,15 @@ async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
                 "install the bench extra: pip install -e '.[bench]'",
             )
         ]
-    set_tracing_disabled(True)
+    agents.set_tracing_disabled(True)
     me = psutil.Process()
     with standin_process() as (base_url, _):
-        openai_client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-        agent = Agent(
+        openai_client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+        agent = agents.Agent(
             name="key4u",
             instructions="Use the tools.",
             tools=_agents_tools(),
-            model=OpenAIResponsesModel(model="gpt-4.1", openai_client=openai_client),
+            model=agents.OpenAIResponsesModel(model="gpt-4.1", openai_client=openai_client),
         )
         async with stdio_bridge(bridge_env(base_url, tmp)) as (client, server):
             ours_wall, ours_cpu, peer_wall, peer_cpu = [], [], [], []
@@ -242,7 +246,7 @@ async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
                 t1, c1 = time.perf_counter(), cpu_seconds(server)
                 assert (result.structured_content or {}).get("status") == "completed"
                 p0, t2 = cpu_seconds(me), time.perf_counter()
-                run = await Runner.run(agent, KEY4U_PROMPT)
+                run = await agents.Runner.run(agent, KEY4U_PROMPT)
                 t3, p1 = time.perf_counter(), cpu_seconds(me)
                 assert "580.2" in str(run.final_output)
                 if i >= 3:
@@ -280,9 +284,11 @@ async def peer(tmp: Path, repeats: int = 20) -> list[Row]:
 async def _http_example(url: str) -> tuple[float, bool]:
     t0 = time.perf_counter()
     try:
-        async with httpx2.AsyncClient(timeout=120) as http:
-            async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
-                result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+        async with (
+            httpx2.AsyncClient(timeout=120) as http,
+            Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        ):
+            result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
         ok = not result.is_error and (result.structured_content or {}).get("status") == "completed"
     except Exception:
         ok = False

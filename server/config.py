@@ -8,7 +8,7 @@ fallbacks, so any OpenAI-compatible gateway works with the variables its users a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -192,7 +192,8 @@ def default_servers_file() -> Path:
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
     """Build the settings; ``overrides`` (from the CLI) win over every other source."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
+    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if env_file is not None:
-        return Settings(_env_file=env_file, **clean)  # type: ignore[call-arg]
-    return Settings(**clean)  # type: ignore[call-arg]
+        # BaseSettings.__init__ takes _env_file, but the __init__ pydantic synthesises for type checkers does not.
+        return Settings(_env_file=env_file, **clean)  # pyright: ignore[reportCallIssue]
+    return Settings(**clean)

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from mcp.types import CallToolResult
 
 from server.config import Settings
 from server.logs import mask
+from server.standin import StandIn
 
 KEY4U_PROMPT = (
     "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
@@ -62,7 +63,7 @@ def _text(result: CallToolResult) -> str:
 
 
 @contextmanager
-def upstream_for(settings: Settings) -> Iterator[tuple[dict[str, str], str]]:
+def upstream_for(settings: Settings) -> Generator[tuple[dict[str, str], str]]:
     """Environment for the server subprocess and a description of the upstream."""
     with ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="key4u-demo-")))
@@ -70,8 +71,6 @@ def upstream_for(settings: Settings) -> Iterator[tuple[dict[str, str], str]]:
         if settings.has_key:
             yield env, f"the configured gateway {settings.base_url} (model {settings.model})"
             return
-        from server.standin import StandIn
-
         standin = stack.enter_context(StandIn())
         env.update(KEY4U_API_KEY=OFFLINE_KEY, KEY4U_BASE_URL=standin.base_url, OPENAI_API_KEY="", OPENAI_BASE_URL="")
         yield env, f"the offline stand-in at {standin.base_url} (no API key set; answers are labelled, not a model's)"
@@ -124,15 +123,15 @@ class Demo:
         out("\n2. The Key4U parallel tool call example through key4u_respond:")
         out("  Prompt: " + KEY4U_PROMPT.replace("\n", "\n          "))
 
-        async def progress(step: float, total: float | None, message: str | None) -> None:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             out(f"  ... {message}")
 
         t0 = time.perf_counter()
         result = await client.call_tool(
-            "key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}}, progress_callback=progress
+            "key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}}, progress_callback=on_progress
         )
         wall = (time.perf_counter() - t0) * 1000
-        data = result.structured_content or {}
+        data: dict[str, Any] = result.structured_content or {}
         if result.is_error or data.get("status") != "completed":
             self.failures.append(f"key4u_respond ended with status {data.get('status', 'error')}")
             out(f"\n  key4u_respond failed:\n    {_text(result)}")

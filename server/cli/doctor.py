@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -17,7 +18,7 @@ from server.toolsets.hub import Hub, load_hub_config
 from server.upstream.responses import ResponsesClient, RetryPolicy
 from server.upstream.wire import ResponseObject
 
-PROBE_TOOL = {
+PROBE_TOOL: dict[str, Any] = {
     "type": "function",
     "name": "get_magic_number",
     "description": "Returns the magic number. Call it when asked for the magic number.",
@@ -140,7 +141,7 @@ class Doctor:
         return True
 
     async def _function_calling(self, client: ResponsesClient) -> None:
-        body = {
+        body: dict[str, Any] = {
             "model": self.settings.model,
             "input": "What is the magic number?",
             "tools": [PROBE_TOOL],
@@ -164,7 +165,7 @@ class Doctor:
 
 def table(checks: list[Check]) -> str:
     width = max(len(c.name) for c in checks)
-    lines = []
+    lines: list[str] = []
     for c in checks:
         lines.append(f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
         if c.fix:
@@ -210,7 +211,6 @@ async def run_doctor(settings: Settings) -> int:
     checks += await downstream_checks(settings)
     print(mask(table(checks), settings.secrets()))
     failed = [c for c in checks if not c.ok]
-    print(
-        f"\n{'All checks passed: the bridge can use this gateway.' if not failed else f'{len(failed)} check(s) failed.'}"
-    )
+    verdict = "All checks passed: the bridge can use this gateway." if not failed else f"{len(failed)} check(s) failed."
+    print(f"\n{verdict}")
     return 1 if failed else 0

@@ -7,6 +7,7 @@ are for people at a terminal; they print to stdout, the server never does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -117,10 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "serve" and args.transport == "http":
         return _serve_http(settings, args)
     if command == "serve":
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on Windows, or before the signal task started
             anyio.run(_serve_stdio, settings)
-        except KeyboardInterrupt:  # Ctrl-C on Windows, or before the signal task started
-            pass
         return 0
     if command == "demo":
         from server.cli.demo import run_demo

@@ -3,7 +3,6 @@ with the real error envelope, request checks, and switchable faults."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import re
@@ -13,12 +12,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from server.standin import model
+from server.standin.model import is_array, is_object
 
 MODEL_IDS = ("gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini", "o4-mini")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -73,8 +74,8 @@ class Faults:
 class StandInState:
     api_key: str | None = None
     faults: Faults = field(default_factory=Faults)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
     count: int = 0
     active: int = 0
     """Requests being answered right now (a stream counts until it ends or the client leaves)."""
@@ -103,30 +104,34 @@ class RequestError(Exception):
 
 def _strict_problem(schema: Any, path: str = "") -> str | None:
     """Why ``schema`` is not a valid strict schema, or None (the rules of Structured Outputs)."""
-    if not isinstance(schema, dict):
+    if not is_object(schema):
         return f"In context=({path}), schema must be an object."
     for bad in ("allOf", "not", "if", "then", "else", "oneOf", "patternProperties", "dependentRequired"):
         if bad in schema:
             return f"In context=({path}), '{bad}' is not permitted."
     types = schema.get("type")
-    is_object = types == "object" or (isinstance(types, list) and "object" in types)
-    if is_object:
+    if types == "object" or (is_array(types) and "object" in types):
         if schema.get("additionalProperties") is not False:
             return f"In context=({path}), 'additionalProperties' is required to be supplied and to be false."
-        props = schema.get("properties") or {}
-        missing = [k for k in props if k not in (schema.get("required") or [])]
+        props: Any = schema.get("properties") or {}
+        missing: list[Any] = [k for k in props if k not in (schema.get("required") or [])]
         if missing:
-            return f"In context=({path}), 'required' is required to be supplied and to be an array including every key in properties. Missing '{missing[0]}'."  # noqa: E501
+            return (
+                f"In context=({path}), 'required' is required to be supplied and to be an array including every key "
+                f"in properties. Missing '{missing[0]}'."
+            )
         for key, sub in props.items():
             if problem := _strict_problem(sub, f"{path}, 'properties', '{key}'" if path else f"'properties', '{key}'"):
                 return problem
     for key in ("items",):
-        if isinstance(schema.get(key), dict) and (problem := _strict_problem(schema[key], f"{path}, '{key}'")):
+        if is_object(schema.get(key)) and (problem := _strict_problem(schema[key], f"{path}, '{key}'")):
             return problem
-    for i, option in enumerate(schema.get("anyOf") or []):
+    options: Any = schema.get("anyOf") or []
+    for i, option in enumerate(options):
         if problem := _strict_problem(option, f"{path}, 'anyOf', '{i}'"):
             return problem
-    for name, sub in (schema.get("$defs") or {}).items():
+    defs: Any = schema.get("$defs") or {}
+    for name, sub in defs.items():
         if problem := _strict_problem(sub, f"{path}, '$defs', '{name}'"):
             return problem
     return None
@@ -135,10 +140,10 @@ def _strict_problem(schema: Any, path: str = "") -> str | None:
 def check_tools(tools: Any) -> list[dict[str, Any]]:
     if tools is None:
         return []
-    if not isinstance(tools, list):
+    if not is_array(tools):
         raise RequestError(400, "Invalid type for 'tools': expected an array.", param="tools")
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or "type" not in tool:
+        if not is_object(tool) or "type" not in tool:
             raise RequestError(400, f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type")
         if tool["type"] != "function":
             continue
@@ -159,7 +164,7 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
                 code="invalid_value",
             )
         params = tool.get("parameters")
-        if params is not None and (not isinstance(params, dict) or params.get("type", "object") != "object"):
+        if params is not None and (not is_object(params) or params.get("type", "object") != "object"):
             raise RequestError(
                 400,
                 f"Invalid schema for function '{name}': schema must be a JSON Schema of "
@@ -213,7 +218,7 @@ def _as_items(value: Any) -> list[dict[str, Any]]:
         return []
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
-    if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+    if not is_array(value) or not all(is_object(i) for i in value):
         raise RequestError(
             400, "Invalid type for 'input': expected a string or an array of input items.", param="input"
         )
@@ -224,8 +229,8 @@ def _message_text(item: dict[str, Any]) -> str:
     content = item.get("content")
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if is_array(content):
+        return " ".join(str(p.get("text", "")) for p in content if is_object(p))
     return ""
 
 
@@ -268,7 +273,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
         planned.append(model.PlannedCall(faults.call_unknown_tool, {}))
 
     output: list[dict[str, Any]] = []
-    reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else None
+    reasoning: dict[str, Any] | None = body.get("reasoning") if is_object(body.get("reasoning")) else None
     reasoning_tokens = 0
     if reasoning and reasoning.get("effort") not in (None, "none"):
         item: dict[str, Any] = {"id": _id("rs"), "type": "reasoning", "summary": []}
@@ -289,7 +294,8 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
             }
         )
     if not planned:
-        text_format = (body.get("text") or {}).get("format") or {}
+        text_options: Any = body.get("text") or {}
+        text_format: Any = text_options.get("format") or {}
         if text_format.get("type") == "json_schema":
             text = model.structured_answer(text_format.get("schema") or {}, turn_outputs)
         else:
@@ -317,7 +323,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
 
     input_text = json.dumps(items, ensure_ascii=False) + str(body.get("instructions") or "") + json.dumps(tools)
     output_text = json.dumps(output, ensure_ascii=False)
-    usage = {
+    usage: dict[str, Any] = {
         "input_tokens": model.estimate_tokens(input_text),
         "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": model.estimate_tokens(output_text) + reasoning_tokens,
@@ -357,7 +363,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
 
 def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The event sequence OpenAI sends for ``response``, in order, without sequence numbers."""
-    snapshot = {
+    snapshot: dict[str, Any] = {
         **response,
         "status": "in_progress",
         "output": [],
@@ -406,7 +412,7 @@ def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
                     "item": {**item, "status": "in_progress", "content": []},
                 }
             )
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             common = {"item_id": item["id"], "output_index": index, "content_index": 0}
             events.append({"type": "response.content_part.added", **common, "part": part})
             for word in re.findall(r"\S*\s*", text):
@@ -432,7 +438,7 @@ async def _sse(events: list[dict[str, Any]], faults: Faults, state: StandInState
 
 async def _sse_events(events: list[dict[str, Any]], faults: Faults) -> AsyncIterator[bytes]:
     if faults.first_byte_delay:
-        await asyncio.sleep(faults.first_byte_delay)
+        await anyio.sleep(faults.first_byte_delay)
     for number, event in enumerate(events):
         if faults.ping and number % 3 == 0:
             yield b": PING\n\n"
@@ -475,7 +481,7 @@ def _fault_error(state: StandInState) -> JSONResponse | None:
     message, type_, code = defaults.get(
         faults.status, ("Upstream failure (offline stand-in fault).", "server_error", None)
     )
-    headers = {}
+    headers: dict[str, str] = {}
     if faults.retry_after is not None:
         headers["retry-after"] = faults.retry_after
     if faults.retry_after_ms is not None:
@@ -518,11 +524,11 @@ def create_app(state: StandInState) -> Starlette:
             body = json.loads(raw)
         except ValueError:
             return RequestError(400, "We could not parse the JSON body of your request.").response()
-        if not isinstance(body, dict):
+        if not is_object(body):
             return RequestError(400, "The request body must be a JSON object.").response()
         state.requests.append(body)
         if faults.latency:
-            await asyncio.sleep(faults.latency)
+            await anyio.sleep(faults.latency)
         if (error := _fault_error(state)) is not None:
             return error
         try:

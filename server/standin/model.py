@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 LABEL = "[offline stand-in, not a model]"
 
@@ -40,6 +40,16 @@ _OPERATORS = {
     "**": "power",
 }
 _STOP = {"get", "set", "the", "info", "tool", "list", "data", "call", "run", "use", "make"}
+
+
+def is_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """True for a decoded JSON object (a dict: JSON object keys are strings)."""
+    return isinstance(value, dict)
+
+
+def is_array(value: object) -> TypeGuard[list[Any]]:
+    """True for a decoded JSON array."""
+    return isinstance(value, list)
 
 
 @dataclass(frozen=True)
@@ -65,21 +75,21 @@ def asks_for(prompt: str, tool_name: str) -> bool:
 
 def _types(schema: dict[str, Any]) -> list[str]:
     kind = schema.get("type")
-    if isinstance(kind, list):
+    if is_array(kind):
         return [k for k in kind if k != "null"]
     if isinstance(kind, str):
         return [kind]
     for option in schema.get("anyOf", []):
-        if isinstance(option, dict) and option.get("type") not in (None, "null"):
+        if is_object(option) and option.get("type") not in (None, "null"):
             return _types(option)
     return ["string"]
 
 
 def _nullable(schema: dict[str, Any]) -> bool:
     kind = schema.get("type")
-    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+    if kind == "null" or (is_array(kind) and "null" in kind):
         return True
-    return any(isinstance(o, dict) and o.get("type") == "null" for o in schema.get("anyOf", []))
+    return any(is_object(o) and o.get("type") == "null" for o in schema.get("anyOf", []))
 
 
 def _plain_value(schema: dict[str, Any]) -> Any:
@@ -90,7 +100,8 @@ def _plain_value(schema: dict[str, Any]) -> Any:
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][0]
     kind = _types(schema)[0]
-    return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}.get(kind)
+    plain: dict[str, Any] = {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+    return plain.get(kind)
 
 
 def _from_prompt(param: str, prompt: str) -> Any:
@@ -121,7 +132,7 @@ def plan_arguments(prompt: str, parameters: dict[str, Any], strict: bool) -> dic
     quoted = _QUOTED.search(prompt)
     arguments: dict[str, Any] = {}
     for name, schema in properties.items():
-        schema = schema if isinstance(schema, dict) else {}
+        schema: dict[str, Any] = schema if is_object(schema) else {}
         value = _from_prompt(name, prompt)
         kinds = _types(schema)
         if value is None and "string" in kinds and quoted and name in required:
@@ -144,7 +155,7 @@ def plan_calls(
     functions = [t for t in tools if t.get("type") == "function"]
     if tool_choice == "none":
         return []
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+    if is_object(tool_choice) and tool_choice.get("type") == "function":
         functions = [t for t in functions if t.get("name") == tool_choice.get("name")]
         wanted = [t for t in functions if t["name"] not in done]
     else:
@@ -182,9 +193,8 @@ def structured_answer(schema: dict[str, Any], outputs: list[tuple[str, str]]) ->
             return node["enum"][0]
         kind = _types(node)[0]
         if kind == "object":
-            return {
-                k: build(v if isinstance(v, dict) else {}, depth + 1) for k, v in (node.get("properties") or {}).items()
-            }
+            properties: dict[str, Any] = node.get("properties") or {}
+            return {k: build(v if is_object(v) else {}, depth + 1) for k, v in properties.items()}
         if kind == "array":
             return []
         if kind in ("integer", "number"):

@@ -9,12 +9,13 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LifespanType
 
 
 class ThreadedServer:
     """Serves ``app`` on ``host:port`` (port 0: a free one) until ``stop()``."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, lifespan: LifespanType = "off") -> None:
         self.host = host
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -25,7 +26,7 @@ class ThreadedServer:
             app,
             log_level="warning",
             access_log=False,
-            lifespan=lifespan,  # type: ignore[arg-type]
+            lifespan=lifespan,
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)

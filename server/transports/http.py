@@ -42,7 +42,10 @@ def is_loopback(host: str) -> bool:
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <token>`` on every HTTP request (``Health``, outside it, answers ``/healthz``)."""
+    """Requires ``Authorization: Bearer <token>`` on every HTTP request.
+
+    ``Health``, which wraps it, answers ``/healthz`` without one.
+    """
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app

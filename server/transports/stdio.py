@@ -8,6 +8,7 @@ serve, as the SDK does, so that child processes cannot eat protocol input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -51,10 +52,8 @@ class StdinLines:
         except (RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return  # the loop is gone or the reader stopped listening: nothing left to feed
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 anyio.from_thread.run_sync(self._send.close, token=token)
-            except RuntimeError:
-                pass
 
     def _discard_rest(self) -> None:
         size = MAX_MESSAGE_BYTES
@@ -133,7 +132,16 @@ async def serve_stdio(server: MCPServer[Any]) -> None:
     """Serve ``server`` on this process's stdin/stdout until EOF or cancellation."""
     lines = StdinLines(_claim_stdin())
     writer = _claim_stdout()
-    async with stdio_server(stdin=lines, stdout=writer) as (read_stream, write_stream):  # type: ignore[arg-type]
-        # MCPServer.run_stdio_async() offers no way to pass our stdin; this is its body.
-        lowlevel = server._lowlevel_server  # noqa: SLF001
+    # stdio_server() annotates stdin/stdout as anyio.AsyncFile[str] but only iterates the one
+    # and calls write()/flush() on the other, which is all StdinLines and StdoutWriter offer.
+    async with stdio_server(
+        stdin=lines,  # pyright: ignore[reportArgumentType] -- duck-typed AsyncFile, see above
+        stdout=writer,  # pyright: ignore[reportArgumentType] -- duck-typed AsyncFile, see above
+    ) as (read_stream, write_stream):
+        # The body of MCPServer.run_stdio_async(), which takes no streams. mcp 2.3.0
+        # (importlib.metadata.version("mcp")) has no public hook to run an MCPServer on our own
+        # streams: no stdin/stdout parameters on run_stdio_async() and no public accessor for the
+        # low-level Server (the SDK's own in-memory transport reads ``_lowlevel_server`` too, with a
+        # TODO to make it public). Re-check on SDK upgrades.
+        lowlevel = server._lowlevel_server  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())

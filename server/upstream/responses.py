@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from httpx_sse import EventSource, SSEError
 
 from server import errors
 from server.logs import mask
-from server.upstream.wire import ResponseObject, parse_response
+from server.upstream.wire import ResponseObject, is_object, parse_response
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 
 
 @contextmanager
-def map_http_errors() -> Iterator[None]:
+def map_http_errors() -> Generator[None]:
     """Translate httpx exceptions into ``server.errors``: nothing above this file sees httpx."""
     try:
         yield
@@ -162,13 +162,13 @@ class ResponsesClient:
             raise errors.MalformedResponseError(
                 f"the reply is not JSON (HTTP {response.status_code}, starts {response.text[:80]!r})"
             ) from exc
-        if isinstance(data, dict) and "error" in data and data["error"] and "output" not in data:
+        if is_object(data) and "error" in data and data["error"] and "output" not in data:
             raise self._error_in_body(data["error"], response.status_code)
         return parse_response(data)
 
     def _error_in_body(self, error: Any, status: int) -> errors.UpstreamError:
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
+        message: Any = error.get("message") if is_object(error) else str(error)
+        code: Any = error.get("code") if is_object(error) else None
         text = f"the gateway answered HTTP {status} with an error: {message}" + (f" [code {code}]" if code else "")
         if self._is_quota(str(code or ""), str(message or "")):
             return errors.QuotaExceededError(text, status_code=429, code=str(code) if code else None)
@@ -195,12 +195,13 @@ class ResponsesClient:
                     data = json.loads(data_text)
                 except ValueError as exc:
                     raise errors.MalformedResponseError(f"a stream event is not JSON: {data_text[:80]!r}") from exc
-                if not isinstance(data, dict):
+                if not is_object(data):
                     raise errors.MalformedResponseError("a stream event is not a JSON object")
-                kind = data.get("type") or (sse.event if sse.event != "message" else None)
+                kind: Any = data.get("type") or (sse.event if sse.event != "message" else None)
                 events += 1
                 if kind == "error" or (kind is None and "error" in data):
-                    detail = data.get("error") if isinstance(data.get("error"), dict) else data
+                    error_field = data.get("error")
+                    detail = error_field if is_object(error_field) else data
                     raise errors.StreamError(str(detail.get("message") or "unknown error"), code=detail.get("code"))
                 if kind in _TERMINAL:
                     final = parse_response(data.get("response"))
@@ -259,13 +260,12 @@ class ResponsesClient:
             data = json.loads(raw)
         except ValueError:
             data = None
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            err = data["error"]
+        if is_object(data) and is_object(err := data.get("error")):
             message = str(err.get("message") or message)
             code = str(err["code"]) if err.get("code") not in (None, "") else None
             type_ = str(err["type"]) if err.get("type") else None
-        elif isinstance(data, dict) and isinstance(data.get("message"), str):
-            message = data["message"]
+        elif is_object(data) and isinstance(data_message := data.get("message"), str):
+            message = data_message
         message, request_id = _strip_request_id(mask(message, [self._api_key]))
         request_id = request_id or response.headers.get("x-request-id")
         kwargs: dict[str, Any] = {

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from mcp.types import (
     AudioContent,
@@ -28,6 +28,8 @@ from mcp.types import (
     TextContent,
     TextResourceContents,
 )
+
+from server.upstream.wire import is_array, is_object
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
@@ -104,8 +106,8 @@ def _api_name(name: str) -> str:
 class NameMap:
     """Reversible mapping between tool names and names valid for the API."""
 
-    to_api: dict[str, str] = field(default_factory=dict)
-    to_mcp: dict[str, str] = field(default_factory=dict)
+    to_api: dict[str, str] = field(default_factory=dict[str, str])
+    to_mcp: dict[str, str] = field(default_factory=dict[str, str])
 
     @classmethod
     def build(cls, names: Iterable[str]) -> NameMap:
@@ -132,7 +134,7 @@ class NameMap:
 
 def normalise(schema: Any) -> dict[str, Any]:
     """A copy of ``schema`` that is a JSON Schema object with ``properties`` (MCP allows less)."""
-    result = copy.deepcopy(schema) if isinstance(schema, dict) else {}
+    result: dict[str, Any] = copy.deepcopy(schema) if is_object(schema) else {}
     if "type" not in result and "anyOf" not in result and "oneOf" not in result:
         result["type"] = "object"
     if result.get("type") == "object" and not isinstance(result.get("properties"), dict):
@@ -145,12 +147,12 @@ def normalise(schema: Any) -> dict[str, Any]:
 
 def _rewrite_refs(node: Any) -> Any:
     """Point ``#/definitions/...`` references at ``#/$defs/...``."""
-    if isinstance(node, dict):
+    if is_object(node):
         return {
             k: (v.replace("#/definitions/", "#/$defs/", 1) if k == "$ref" and isinstance(v, str) else _rewrite_refs(v))
             for k, v in node.items()
         }
-    if isinstance(node, list):
+    if is_array(node):
         return [_rewrite_refs(v) for v in node]
     return node
 
@@ -159,9 +161,9 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
     match = re.fullmatch(r"#/(\$defs|definitions)/([^/]+)", ref)
     if not match:
         raise StrictSchemaError(f"only local $ref to #/$defs are supported, got {ref!r}")
-    defs = root.get("$defs") or {}
-    target = defs.get(match.group(2).replace("~1", "/").replace("~0", "~"))
-    if not isinstance(target, dict):
+    defs: Any = root.get("$defs") or {}
+    target: Any = defs.get(match.group(2).replace("~1", "/").replace("~0", "~"))
+    if not is_object(target):
         raise StrictSchemaError(f"$ref {ref!r} points nowhere")
     return target
 
@@ -183,7 +185,7 @@ def _make_nullable(node: dict[str, Any]) -> dict[str, Any]:
     if isinstance(kind, list):
         return node if "null" in kind else {**node, "type": [*kind, "null"]}
     if isinstance(node.get("anyOf"), list):
-        if any(o.get("type") == "null" for o in node["anyOf"] if isinstance(o, dict)):
+        if any(o.get("type") == "null" for o in node["anyOf"] if is_object(o)):
             return node
         return {**node, "anyOf": [*node["anyOf"], {"type": "null"}]}
     description = node.pop("description", None)
@@ -201,7 +203,7 @@ class _Strictifier:
     def convert(self, node: Any, depth: int) -> dict[str, Any]:
         if depth > MAX_DEPTH:
             raise StrictSchemaError(f"nested deeper than {MAX_DEPTH} levels")
-        if not isinstance(node, dict):
+        if not is_object(node):
             if node is True:
                 raise StrictSchemaError("a schema of `true` (anything) cannot be strict")
             raise StrictSchemaError("a schema must be an object")
@@ -224,10 +226,10 @@ class _Strictifier:
         if "oneOf" in node:
             node["anyOf"] = node.pop("oneOf")
         if "allOf" in node:
-            parts = node.pop("allOf")
-            if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], dict):
+            parts: Any = node.pop("allOf")
+            if not is_array(parts) or len(parts) != 1 or not is_object(only := parts[0]):
                 raise StrictSchemaError("'allOf' with more than one schema is not supported in strict mode")
-            node = {**parts[0], **node}
+            node = {**only, **node}
             return self.convert(node, depth)
         if "$ref" in node:
             _resolve(node["$ref"], self.root)  # checked, kept: strict mode supports local refs
@@ -235,7 +237,7 @@ class _Strictifier:
         if isinstance(node.get("anyOf"), list):
             node["anyOf"] = [self.convert(option, depth + 1) for option in node["anyOf"]]
         kind = node.get("type")
-        kinds = kind if isinstance(kind, list) else [kind]
+        kinds: list[Any] = kind if is_array(kind) else [kind]
         if "object" in kinds or (kind is None and "properties" in node):
             node = self._object(node, depth)
         if "items" in node:
@@ -245,7 +247,7 @@ class _Strictifier:
         return node
 
     def _object(self, node: dict[str, Any], depth: int) -> dict[str, Any]:
-        properties = node.get("properties")
+        properties: Any = node.get("properties")
         extra = node.get("additionalProperties", False if properties else None)
         if extra not in (False, None):
             raise StrictSchemaError("objects with additionalProperties cannot be strict")
@@ -256,7 +258,7 @@ class _Strictifier:
         if self.properties > MAX_PROPERTIES:
             raise StrictSchemaError(f"more than {MAX_PROPERTIES} properties")
         required = set(node.get("required") or [])
-        converted = {}
+        converted: dict[str, Any] = {}
         for key, sub in properties.items():
             strict_sub = self.convert(sub, depth + 1)
             converted[key] = strict_sub if key in required else _make_nullable(strict_sub)
@@ -315,28 +317,28 @@ def to_function_tool(name: str, description: str | None, input_schema: Any, api_
 
 
 def _drop_optional_nulls(value: Any, schema: dict[str, Any], root: dict[str, Any], depth: int = 0) -> Any:
-    if depth > MAX_DEPTH or not isinstance(value, dict):
+    if depth > MAX_DEPTH or not is_object(value):
         return value
     if "$ref" in schema:
         try:
             schema = _resolve(schema["$ref"], root)
         except StrictSchemaError:
             return value
-    properties = schema.get("properties") or {}
+    properties: Any = schema.get("properties") or {}
     required = set(schema.get("required") or [])
-    result = {}
+    result: dict[str, Any] = {}
     for key, item in value.items():
         if item is None and key in properties and key not in required:
             continue
-        sub = properties.get(key)
-        result[key] = _drop_optional_nulls(item, sub, root, depth + 1) if isinstance(sub, dict) else item
+        sub: Any = properties.get(key)
+        result[key] = _drop_optional_nulls(item, sub, root, depth + 1) if is_object(sub) else item
     return result
 
 
 def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
     """The MCP arguments for a call, or ``ArgumentError`` with a message the model can act on."""
     try:
-        value = json.loads(arguments) if arguments.strip() else {}
+        value: Any = json.loads(arguments) if arguments.strip() else {}
     except ValueError as exc:
         raise ArgumentError(
             f"the arguments for {spec.api_name} are not valid JSON ({exc}); send a JSON object matching its schema"
@@ -344,12 +346,19 @@ def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ArgumentError(f"the arguments for {spec.api_name} must be a JSON object, got {type(value).__name__}")
     value = _drop_optional_nulls(value, spec.schema, spec.schema)
-    import jsonschema  # imported on first use: a third of a second of start-up otherwise
+    import jsonschema.exceptions  # imported on first use: a third of a second of start-up otherwise
+    import jsonschema.validators
     import referencing.exceptions
 
     try:
         validator_cls = jsonschema.validators.validator_for(spec.schema, default=jsonschema.Draft202012Validator)
-        error = jsonschema.exceptions.best_match(validator_cls(spec.schema).iter_errors(value))
+        # typeshed's jsonschema stubs leave out best_match's return type: the most relevant error, or None.
+        error = cast(
+            "jsonschema.exceptions.ValidationError | None",
+            jsonschema.exceptions.best_match(  # pyright: ignore[reportUnknownMemberType] -- unannotated in the stubs
+                validator_cls(spec.schema).iter_errors(value)
+            ),
+        )
     except (jsonschema.exceptions.SchemaError, referencing.exceptions.Unresolvable, RecursionError):
         return value  # the tool's own schema is broken: let the tool judge its arguments
     if error is not None:

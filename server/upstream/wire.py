@@ -8,11 +8,21 @@ bridge acts on is checked: ``status``, and that each ``function_call`` has strin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.errors import MalformedResponseError
+
+
+def is_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """True for a decoded JSON object (a dict: JSON object keys are strings)."""
+    return isinstance(value, dict)
+
+
+def is_array(value: object) -> TypeGuard[list[Any]]:
+    """True for a decoded JSON array."""
+    return isinstance(value, list)
 
 
 class _Lenient(BaseModel):
@@ -46,13 +56,13 @@ class ResponseObject(_Lenient):
     id: str | None = None
     model: str | None = None
     status: str | None = None
-    output: list[dict[str, Any]] = Field(default_factory=list)
+    output: list[dict[str, Any]] = Field(default_factory=list[dict[str, Any]])
     usage: Usage | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
 
     def function_calls(self) -> list[FunctionCall]:
-        calls = []
+        calls: list[FunctionCall] = []
         for item in self.output:
             if item.get("type") != "function_call":
                 continue
@@ -69,10 +79,11 @@ class ResponseObject(_Lenient):
         parts: list[str] = []
         for item in self.output:
             if item.get("type") == "message":
-                for part in item.get("content") or []:
-                    if isinstance(part, dict) and part.get("type") == "output_text":
+                content: Any = item.get("content") or []
+                for part in content:
+                    if is_object(part) and part.get("type") == "output_text":
                         parts.append(str(part.get("text", "")))
-                    elif isinstance(part, dict) and part.get("type") == "refusal":
+                    elif is_object(part) and part.get("type") == "refusal":
                         parts.append(f"[refusal] {part.get('refusal', '')}")
         return "".join(parts)
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.responses import ResponseFunctionToolCall
 
 from server.cli.demo import KEY4U_PROMPT
 from server.standin import LABEL, Faults, StandIn
@@ -172,12 +173,13 @@ def test_previous_response_id_continues_a_stored_response(standin: StandIn) -> N
     api = client(standin)
     first = api.responses.create(model="gpt-4.1", input="Calculate 1 + 2", tools=KEY4U_TOOLS)  # type: ignore[arg-type]
     (call,) = first.output
+    assert isinstance(call, ResponseFunctionToolCall)
     second = api.responses.create(
         model="gpt-4.1",
         previous_response_id=first.id,
         tools=KEY4U_TOOLS,  # type: ignore[arg-type]
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "3"}],
-    )  # type: ignore[union-attr]
+    )
     assert "math_calculator: 3" in second.output_text
     with pytest.raises(openai.BadRequestError, match="not found"):
         api.responses.create(model="gpt-4.1", previous_response_id="resp_unknown", input="hi")

@@ -105,7 +105,7 @@ async def test_sends_bearer_key_and_parses_leniently() -> None:
     ],
 )
 async def test_non_retryable_statuses_map_to_typed_errors_once(
-    status: int, body: dict[str, Any], error_class: type[Exception], fragment: str
+    status: int, body: dict[str, Any], error_class: type[errors.UpstreamError], fragment: str
 ) -> None:
     handler = Counted(lambda n: httpx.Response(status, json=body))
 
@@ -114,7 +114,7 @@ async def test_non_retryable_statuses_map_to_typed_errors_once(
     assert handler.calls == 1
     assert fragment in str(caught.value)
     assert FAKE_KEY not in str(caught.value)
-    assert caught.value.hint  # type: ignore[attr-defined]
+    assert caught.value.hint
 
 
 async def test_request_id_suffix_is_split_off() -> None:
