@@ -70,7 +70,7 @@ class RespondRequest(BaseModel):
         Unset (None) fields are left out: a continued conversation keeps those options.
         """
         given = self.model_dump(include=_OPTION_FIELDS, exclude_none=True)
-        if self.functions is not None:
+        if self.functions is not None:  # kept as models: ``model_copy(update=...)`` does not validate
             given["functions"] = self.functions
         if not self.web_search:
             given.pop("web_search", None)

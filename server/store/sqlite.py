@@ -97,8 +97,25 @@ class SQLiteStore:
         await self._run(write)
 
     async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
-        await self.put(conversation)
-        await self.claim(conversation.id, owner, lease)
+        # One statement: no other process ever sees it saved as running without its claim.
+        conversation.updated_at = time.time()
+        values = (
+            conversation.id,
+            conversation.updated_at,
+            conversation.model_dump_json(),
+            conversation.status,
+            owner,
+            conversation.updated_at + lease,
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO conversations (id, updated_at, data, status, owner, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+        await self._run(insert)
 
     async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
         def take(db: sqlite3.Connection) -> str | None:

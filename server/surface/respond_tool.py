@@ -99,8 +99,6 @@ def register_respond(server: MCPServer[Any], max_result_chars: int) -> None:
             raise ResourceError(f"unknown conversation {conversation_id}")
         return transcript(stored.conversation)
 
-    del conversation_transcript  # registered by the decorator
-
 
 def render(result: RespondResult, limit: int) -> str:
     """The text content: the answer first, then a short account."""

@@ -1,9 +1,9 @@
 """The ``Toolset`` protocol: a source of tools that the remote model may call, and the tools it offers.
 
-A toolset lists its tools as ``OfferedTool``s, each carrying the toolset that runs it and the
-name it has there, so that a call goes back to its owner without anyone parsing a name.
-Wrappers (``PrefixedToolset``, ``PolicyToolset``) rename, filter and set modes; they never run
-anything themselves. A toolset's health is state (``problem()``), never searched for in text.
+A toolset lists its tools as ``OfferedTool``s, each carrying the ``ToolOwner`` that runs it and
+the name it has there, so that a call goes back to its owner without anyone parsing a name.
+Wrappers (``PrefixedToolset``, ``PolicyToolset``) rename, filter and set modes; they own no tools
+and never run anything. A toolset's health is state (``problem()``), never searched for in text.
 
 This module owns the protocol and the generic wrappers; it never does I/O.
 """
@@ -29,7 +29,7 @@ class OfferedTool:
     name: str
     description: str | None
     input_schema: dict[str, Any]
-    owner: Toolset
+    owner: ToolOwner
     #: The tool's name inside ``owner``: what ``owner.call`` expects.
     owner_name: str
     read_only: bool = False
@@ -37,18 +37,35 @@ class OfferedTool:
     #: The MCP listing the tool came from, when it came from one (for proxy mode).
     listing: Tool | None = None
 
+    @classmethod
+    def from_listing(cls, tool: Tool, owner: ToolOwner) -> OfferedTool:
+        """A tool from an MCP ``tools/list``, run by ``owner`` under its own name."""
+        return cls(
+            name=tool.name,
+            description=tool.description,
+            input_schema=tool.input_schema,
+            owner=owner,
+            owner_name=tool.name,
+            read_only=bool(tool.annotations and tool.annotations.read_only_hint),
+            listing=tool,
+        )
+
     async def call(self, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         return await self.owner.call(self.owner_name, arguments, timeout)
+
+
+class ToolOwner(Protocol):
+    """What runs tools: a local toolset, a downstream server, the caller's functions."""
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        """Run the tool called ``name`` here; failures come back as an ``is_error`` result."""
+        ...
 
 
 class Toolset(Protocol):
     """A source of tools. ``tools()`` is cheap and synchronous: it reports the current state."""
 
     def tools(self) -> Sequence[OfferedTool]: ...
-
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
-        """Run the tool called ``name`` here; failures come back as an ``is_error`` result."""
-        ...
 
     def problem(self) -> str | None:
         """Why this toolset offers fewer tools than it should right now, or None when it is healthy."""
@@ -72,9 +89,6 @@ class PrefixedToolset:
 
     def tools(self) -> list[OfferedTool]:
         return [replace(t, name=self.prefix + t.name) for t in self.inner.tools()]
-
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
-        return await self.inner.call(name, arguments, timeout)
 
     def problem(self) -> str | None:
         return self.inner.problem()
@@ -103,9 +117,6 @@ class PolicyToolset:
                 offered.append(replace(tool, mode=mode))
         return offered
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
-        return await self.inner.call(name, arguments, timeout)
-
     def problem(self) -> str | None:
         return self.inner.problem()
 
@@ -114,7 +125,7 @@ class PolicyToolset:
 
 
 class CombinedToolset:
-    """Several toolsets as one; the first to offer a name wins."""
+    """Several toolsets seen together; the first to offer a name wins."""
 
     def __init__(self, toolsets: Sequence[Toolset]) -> None:
         self.toolsets = list(toolsets)
@@ -129,21 +140,8 @@ class CombinedToolset:
     def by_name(self) -> dict[str, OfferedTool]:
         return {t.name: t for t in self.tools()}
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
-        tool = self.by_name().get(name)
-        if tool is None:
-            return error_result(f"Unknown tool: {name}")
-        return await tool.call(arguments, timeout)
-
-    def problem(self) -> str | None:
-        problems = self.problems()
-        return "; ".join(problems) if problems else None
-
     def problems(self) -> list[str]:
         return [p for t in self.toolsets if (p := t.problem()) is not None]
-
-    def might_offer(self, name: str) -> bool:
-        return any(t.might_offer(name) for t in self.toolsets)
 
     def unavailable(self, name: str) -> str | None:
         """Why ``name`` is missing, when a toolset that would offer it is unhealthy."""

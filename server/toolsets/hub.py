@@ -204,18 +204,7 @@ class Downstream:
     # --- the Toolset protocol -------------------------------------------------------------
 
     def tools(self) -> list[OfferedTool]:
-        return [
-            OfferedTool(
-                name=t.name,
-                description=t.description,
-                input_schema=t.input_schema,
-                owner=self,
-                owner_name=t.name,
-                read_only=bool(t.annotations and t.annotations.read_only_hint),
-                listing=t,
-            )
-            for t in self.listed
-        ]
+        return [OfferedTool.from_listing(t, self) for t in self.listed]
 
     def problem(self) -> str | None:
         if self.status in ("failed", "starting"):
@@ -234,18 +223,20 @@ class Downstream:
                     await anyio.lowlevel.checkpoint()
         client = self.client
         if client is None or self.status != "ready":
-            return _error(f"the MCP server {self.name!r} is unavailable ({self.status}): {self.error or 'starting'}")
+            return error_result(
+                f"the MCP server {self.name!r} is unavailable ({self.status}): {self.error or 'starting'}"
+            )
         try:
             with anyio.fail_after(timeout):
                 return await client.call_tool(tool, arguments)
         except TimeoutError:
             self._broken.set()  # a hung server is restarted
-            return _error(f"{self.name}{SEPARATOR}{tool} did not answer within {timeout:g} s")
+            return error_result(f"{self.name}{SEPARATOR}{tool} did not answer within {timeout:g} s")
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             self._broken.set()
-            return _error(f"{self.name}{SEPARATOR}{tool} failed: {_describe(exc)}")
+            return error_result(f"{self.name}{SEPARATOR}{tool} failed: {_describe(exc)}")
 
     def report(self) -> dict[str, Any]:
         return {
@@ -261,9 +252,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _describe(exc.exceptions[0])
     return f"{type(exc).__name__}: {exc}"[:300]
-
-
-_error = error_result
 
 
 class Hub:
@@ -291,9 +279,6 @@ class Hub:
         with anyio.move_on_after(timeout):
             for server in self.servers.values():
                 await server.settled.wait()
-
-    def problems(self) -> list[str]:
-        return [p for s in self.servers.values() if (p := s.problem()) is not None]
 
     def report(self) -> list[dict[str, Any]]:
         return [s.report() for s in self.servers.values()]

@@ -22,18 +22,7 @@ class LocalToolset:
 
     def __init__(self, tools: Sequence[Tool], call: CallTool) -> None:
         self._call = call
-        self._tools = [
-            OfferedTool(
-                name=t.name,
-                description=t.description,
-                input_schema=t.input_schema,
-                owner=self,
-                owner_name=t.name,
-                read_only=bool(t.annotations and t.annotations.read_only_hint),
-                listing=t,
-            )
-            for t in tools
-        ]
+        self._tools = [OfferedTool.from_listing(t, self) for t in tools]
 
     def tools(self) -> list[OfferedTool]:
         return self._tools

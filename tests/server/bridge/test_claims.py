@@ -5,20 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
 
 from server.standin import Faults, StandIn
 from server.store.sqlite import SQLiteStore
 from tests.conftest import FAKE_KEY
-from tests.server.transports.test_stdio import script
+from tests.server.transports.test_stdio import script, spawned
 
 pytestmark = pytest.mark.anyio
 
@@ -34,11 +32,8 @@ def server_env(standin: StandIn, db: Path, **extra: str) -> dict[str, str]:
     }
 
 
-@asynccontextmanager
-async def server(env: dict[str, str], errlog: Path) -> AsyncIterator[Client]:
-    with errlog.open("a") as err:
-        async with Client(stdio_client(StdioServerParameters(command=script(), env=env), errlog=err)) as client:
-            yield client
+def server(env: dict[str, str], errlog: Path) -> AbstractAsyncContextManager[Client]:
+    return spawned(StdioServerParameters(command=script(), env=env), errlog)
 
 
 async def respond(client: Client, **arguments: Any) -> tuple[bool, dict[str, Any], str]:
@@ -83,17 +78,15 @@ async def test_a_conversation_of_a_killed_server_is_continued_once_its_lease_exp
     db = tmp_path / "shared.sqlite3"
     env = server_env(standin, db, KEY4U_CLAIM_LEASE="2", KEY4U_DEADLINE="0.5")
     standin.faults = Faults(latency=60.0)  # the first server is mid-turn when it dies
-    params = StdioServerParameters(command=script(), env=env)
-    with (tmp_path / "killed.txt").open("w") as err:
-        async with Client(stdio_client(params, errlog=err)) as doomed:
-            is_error, started, _ = await respond(doomed, prompt="hello", tools=[])
-            assert not is_error and started["status"] == "in_progress"
-            conversation_id = started["conversation_id"]
-            store = SQLiteStore(db)
-            stored = await store.get(conversation_id)
-            assert stored is not None and stored.owner is not None
-            owner_pid = int(stored.owner.split(":")[1])
-            os.kill(owner_pid, signal.SIGKILL)
+    async with server(env, tmp_path / "killed.txt") as doomed:
+        is_error, started, _ = await respond(doomed, prompt="hello", tools=[])
+        assert not is_error and started["status"] == "in_progress"
+        conversation_id = started["conversation_id"]
+        store = SQLiteStore(db)
+        stored = await store.get(conversation_id)
+        assert stored is not None and stored.owner is not None
+        owner_pid = int(stored.owner.split(":")[1])
+        os.kill(owner_pid, signal.SIGKILL)
     killed_at = time.time()
     stored = await store.get(conversation_id)
     assert stored is not None and stored.held_by_other("", time.time())  # the dead owner's lease still runs

@@ -25,19 +25,10 @@ PROMPT = "run " + " ".join(NAMES)
 
 
 class Scripted:
-    """A toolset whose ``call`` each test writes; it offers whatever ``offer`` names."""
-
-    def tools(self) -> list[OfferedTool]:
-        return []
+    """A tool owner whose ``call`` each test writes."""
 
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         raise NotImplementedError
-
-    def problem(self) -> str | None:
-        return None
-
-    def might_offer(self, name: str) -> bool:
-        return False
 
 
 def offer(names: list[str], owner: Scripted) -> Offer:
