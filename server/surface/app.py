@@ -9,10 +9,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from mcp.server import MCPServer
 
 from server import __version__
@@ -27,7 +26,11 @@ from server.toolsets.base import CombinedToolset, PolicyToolset, Toolset
 from server.toolsets.hub import Hub, load_hub_config
 from server.toolsets.local import LocalToolset
 from server.toolsets.policy import Policy
-from server.upstream.responses import ResponsesClient, RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
+
+    from server.upstream.responses import ResponsesClient
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,10 @@ class AppState:
 class SharedUpstream:
     """The process's one ``httpx.AsyncClient`` and ``ResponsesClient``, made on first use.
 
-    Building the client loads the TLS trust store (tens of milliseconds), and hosts start every
-    configured server at launch, so it is not done before the server can answer ``initialize``.
+    Hosts start every configured server at launch, and a server that never calls the gateway
+    (local tools only) needs no HTTP client. Importing httpx and building the client (it loads the
+    TLS trust store) adds about a sixth to the start-up path, so both wait for the first call: the
+    one import this package defers to a function.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -59,6 +64,10 @@ class SharedUpstream:
 
     def get(self) -> Upstream:
         if self._client is None:
+            import httpx
+
+            from server.upstream.responses import ResponsesClient, RetryPolicy
+
             s = self._settings
             assert s.api_key is not None
             self._http = httpx.AsyncClient(
