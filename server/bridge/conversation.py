@@ -14,6 +14,8 @@ Effort = Literal["minimal", "low", "medium", "high"]
 
 
 class UsageTotals(BaseModel):
+    """Tokens used by the conversation so far, summed over all its model turns."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
@@ -22,6 +24,8 @@ class UsageTotals(BaseModel):
 
 
 class ToolCallTrace(BaseModel):
+    """One tool call the model made: its name and arguments, whether it succeeded, how long it took, and who ran it."""
+
     turn: int
     call_id: str
     name: str
@@ -34,6 +38,8 @@ class ToolCallTrace(BaseModel):
 
 
 class PendingCall(BaseModel):
+    """A call to one of your functions that the model made: run it and send its result back in function_outputs."""
+
     call_id: str
     name: str
     arguments: dict[str, Any]
@@ -53,10 +59,12 @@ class FunctionDefinition(BaseModel):
 
 
 class Options(BaseModel):
+    """The settings a conversation runs under: model, instructions, offered tools and functions, and limits."""
+
     model: str
     instructions: str | None = None
     tools: list[str] | None = None
-    functions: list[FunctionDefinition] = Field(default_factory=list)
+    functions: list[FunctionDefinition] = Field(default_factory=list[FunctionDefinition])
     reasoning_effort: Effort | None = None
     web_search: bool = False
     response_format: dict[str, Any] | None = None
@@ -68,12 +76,17 @@ class Options(BaseModel):
 
 
 class Conversation(BaseModel):
+    """One conversation: its options, full replay history, status, answer and trace.
+
+    Plain data: the bridge changes it and the store saves it as JSON; it never does I/O.
+    """
+
     id: str = Field(default_factory=lambda: "conv_" + secrets.token_hex(12))
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     options: Options
     #: Full replay history: input items, output items, and function_call_output items.
-    items: list[dict[str, Any]] = Field(default_factory=list)
+    items: list[dict[str, Any]] = Field(default_factory=list[dict[str, Any]])
     #: Index in ``items`` from which items are new since the last stored response.
     unsent_from: int = 0
     previous_response_id: str | None = None
@@ -83,7 +96,7 @@ class Conversation(BaseModel):
     model: str | None = None
     turns: int = 0
     usage: UsageTotals = Field(default_factory=UsageTotals)
-    tool_calls: list[ToolCallTrace] = Field(default_factory=list)
-    pending_calls: list[PendingCall] = Field(default_factory=list)
+    tool_calls: list[ToolCallTrace] = Field(default_factory=list[ToolCallTrace])
+    pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)

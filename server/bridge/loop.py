@@ -27,7 +27,7 @@ from server.upstream.translation import (
     result_to_output,
     strictify,
 )
-from server.upstream.wire import FunctionCall, ResponseObject
+from server.upstream.wire import FunctionCall, ResponseObject, is_array, is_object
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ _REASONING_MODEL = re.compile(r"^(o\d|gpt-5|codex)", re.IGNORECASE)
 
 
 class Upstream(Protocol):
+    """Sends one request body to the model and returns its response; ``on_event`` hears stream events."""
+
     async def create(self, body: dict[str, Any], *, on_event: EventCallback | None = None) -> ResponseObject: ...
 
 
@@ -56,7 +58,7 @@ class Offered:
 class Offer:
     """The functions offered in one conversation, by the names the API sees."""
 
-    offered: dict[str, Offered] = field(default_factory=dict)  # by API name
+    offered: dict[str, Offered] = field(default_factory=dict[str, Offered])  # by API name
     names: NameMap = field(default_factory=NameMap)
 
     def add(self, spec: FunctionSpec, tool: OfferedTool) -> None:
@@ -68,6 +70,8 @@ class Offer:
 
 @dataclass(frozen=True)
 class LoopLimits:
+    """The bounds a loop runs under: parallel calls, each call's timeout, output size, and how history is sent."""
+
     concurrency: int = 16
     call_timeout: float = 60.0
     output_chars: int = MAX_OUTPUT_CHARS
@@ -80,10 +84,11 @@ def _replay_form(item: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "function_call":
         return {k: item[k] for k in ("type", "id", "call_id", "name", "arguments") if k in item}
     if kind == "message":
-        content = [
+        parts: object = item.get("content")
+        content: list[dict[str, Any]] = [
             {"type": "output_text", "text": p.get("text", ""), "annotations": []}
-            for p in item.get("content") or []
-            if isinstance(p, dict) and p.get("type") == "output_text"
+            for p in (parts if is_array(parts) else [])
+            if is_object(p) and p.get("type") == "output_text"
         ]
         return {"type": "message", "role": "assistant", "content": content} if content else None
     if kind == "reasoning":
@@ -156,6 +161,12 @@ def _add_usage(conv: Conversation, response: ResponseObject) -> None:
 
 @dataclass
 class Loop:
+    """Runs one conversation's turns: sends each request, runs the turn's ``run``-mode calls in parallel,
+    and hands ``return``-mode calls back to the caller as pending calls.
+
+    It changes the conversation in place and never saves it: the job does.
+    """
+
     upstream: Upstream
     tools: Offer
     limits: LoopLimits = field(default_factory=LoopLimits)
@@ -237,8 +248,10 @@ class Loop:
             if now - self._last_delta_report >= 1.0:  # at most one notification a second while text streams
                 self._last_delta_report = now
                 await self._say("writing the answer")
-        elif kind == "response.output_item.added" and (data.get("item") or {}).get("type") == "function_call":
-            await self._say(f"model calls {data['item'].get('name')}")
+        elif kind == "response.output_item.added":
+            item: object = data.get("item")
+            if is_object(item) and item.get("type") == "function_call":
+                await self._say(f"model calls {item.get('name')}")
 
     def _parse_structured(self, conv: Conversation) -> None:
         if conv.options.response_format is None:

@@ -6,10 +6,10 @@ Wiring only: what each part does lives in the module that defines it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp.server import MCPServer
@@ -43,6 +43,8 @@ INSTRUCTIONS = (
 
 @dataclass
 class AppState:
+    """What the server's lifespan gives every request: the bridge, and the downstream toolsets for proxy mode."""
+
     bridge: Bridge
     #: The downstream servers' toolsets, for proxy mode.
     downstream: CombinedToolset
@@ -93,9 +95,9 @@ def _hub(settings: Settings) -> tuple[Hub | None, Policy]:
     return (Hub(config) if config.servers else None), config.local_tools
 
 
-def _lifespan(settings: Settings) -> Any:
+def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
-    async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
+    async def lifespan(server: MCPServer[AppState]) -> AsyncGenerator[AppState, None]:
         upstream = SharedUpstream(settings) if settings.api_key is not None else None
         store = SQLiteStore(
             settings.database, max_conversations=settings.max_conversations, max_age_days=settings.max_age_days

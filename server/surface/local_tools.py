@@ -15,18 +15,22 @@ from typing import Annotated, Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from tools import LOCAL_TOOLS, LocalTool, ToolInputError
 
 
 def to_call_result(result: BaseModel) -> CallToolResult:
-    summary = getattr(result, "summary", None)
-    text = summary() if callable(summary) else result.model_dump_json()
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=result.model_dump(mode="json")
-    )
+    """The result as readable text (its ``summary()`` when it has one) and as structured content."""
+    content: list[ContentBlock] = [TextContent(type="text", text=_text(result))]
+    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
+
+
+def _text(result: BaseModel) -> str:
+    summary: object = getattr(result, "summary", None)
+    text = summary() if callable(summary) else None
+    return text if isinstance(text, str) else result.model_dump_json()
 
 
 def _wrap(tool: LocalTool) -> Callable[..., CallToolResult]:

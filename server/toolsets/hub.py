@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -25,16 +24,17 @@ from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
+import httpx2
 from anyio.abc import TaskGroup
-from mcp.types import CallToolResult, Tool
+from mcp import Client, StdioServerParameters
+from mcp.client import IncomingMessage, Transport
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, Tool, ToolListChangedNotification
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import default_servers_file
 from server.toolsets.base import OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
 from server.toolsets.policy import SEPARATOR, Mode, Policy
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 class ServerConfig(BaseModel):
+    """One entry of ``mcpServers``: how to reach the server (a command or a URL, not both) and its policy."""
+
     model_config = ConfigDict(extra="ignore")
     command: str | None = None
     args: list[str] = Field(default_factory=list)
@@ -67,6 +69,8 @@ class ServerConfig(BaseModel):
 
 
 class HubConfig(BaseModel):
+    """The MCP servers file: the downstream servers by name, and the policy for the local tools."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     servers: dict[str, ServerConfig] = Field(default_factory=dict, alias="mcpServers")
     local_tools: Policy = Field(default_factory=Policy, alias="localTools")
@@ -97,36 +101,37 @@ def qualified(server: str, tool: str) -> str:
 
 @dataclass
 class Downstream:
+    """One downstream MCP server: its connection, status, and the tools it last listed; a toolset for them.
+
+    A failure is kept in ``status`` and ``error``, and a failed call comes back as an error result;
+    one server's failure never affects the others.
+    """
+
     name: str
     config: ServerConfig
     status: Literal["starting", "ready", "failed", "disabled"] = "starting"
     error: str | None = None
-    listed: list[Tool] = field(default_factory=list)
+    listed: list[Tool] = field(default_factory=list[Tool])
     failures: int = 0
     next_retry: float | None = None
-    client: Any = None  # an mcp.Client while connected
+    client: Client | None = None  # while connected
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
     _ready: anyio.Event = field(default_factory=anyio.Event)
     #: Set once the first attempt to start has ended, ready or failed.
     settled: anyio.Event = field(default_factory=anyio.Event)
 
-    async def _transport(self, stack: AsyncExitStack) -> Any:
-        import httpx2
-        from mcp import StdioServerParameters
-        from mcp.client.streamable_http import streamable_http_client
-
+    async def _transport(self, stack: AsyncExitStack[bool | None]) -> StdioServerParameters | Transport:
         cfg = self.config
         if cfg.command:
             env = {**os.environ, **cfg.env} if cfg.env else None
             return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
-        http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
-        )
+        http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        stack.push_async_callback(http.aclose)
         return streamable_http_client(cfg.url or "", http_client=http)
 
-    async def _on_message(self, message: Any) -> None:
-        if getattr(message, "method", None) == "notifications/tools/list_changed":
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, ToolListChangedNotification):
             self._changed.set()
         elif isinstance(message, Exception):
             self._broken.set()
@@ -157,8 +162,6 @@ class Downstream:
     async def _session(self, ping_interval: float) -> None:
         self.status = "starting"
         self._broken = anyio.Event()
-        from mcp import Client
-
         async with AsyncExitStack() as stack:
             transport = await self._transport(stack)
             client = await stack.enter_async_context(
@@ -188,9 +191,11 @@ class Downstream:
                     await self._list(client)
                     continue
                 with anyio.fail_after(10):
-                    await client.send_ping()
+                    # The connection is made in mode="legacy" (the handshake protocol), where ping exists;
+                    # mcp 2.3 marks it deprecated for the 2026-07-28 protocol, which this client does not speak.
+                    await client.send_ping()  # pyright: ignore[reportDeprecated]
 
-    async def _list(self, client: Any) -> None:
+    async def _list(self, client: Client) -> None:
         tools: list[Tool] = []
         cursor = None
         while True:
@@ -214,7 +219,7 @@ class Downstream:
     def might_offer(self, name: str) -> bool:
         return self.status != "disabled"
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         if self.status != "ready" or self._broken.is_set():
             # Restarting after a crash or hang: give it a moment before reporting it down.
             with anyio.move_on_after(min(timeout / 2, 10.0)):
@@ -228,15 +233,15 @@ class Downstream:
             )
         try:
             with anyio.fail_after(timeout):
-                return await client.call_tool(tool, arguments)
+                return await client.call_tool(name, arguments)
         except TimeoutError:
             self._broken.set()  # a hung server is restarted
-            return error_result(f"{self.name}{SEPARATOR}{tool} did not answer within {timeout:g} s")
+            return error_result(f"{self.name}{SEPARATOR}{name} did not answer within {timeout:g} s")
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             self._broken.set()
-            return error_result(f"{self.name}{SEPARATOR}{tool} failed: {_describe(exc)}")
+            return error_result(f"{self.name}{SEPARATOR}{name} failed: {_describe(exc)}")
 
     def report(self) -> dict[str, Any]:
         return {
@@ -249,8 +254,10 @@ class Downstream:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _describe(exc.exceptions[0])
+    """A short account of what went wrong: the first failure inside a task group's exception group."""
+    inner: object = getattr(exc, "exceptions", None)  # an ExceptionGroup's members
+    if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        return _describe(inner[0])
     return f"{type(exc).__name__}: {exc}"[:300]
 
 

@@ -18,8 +18,7 @@ from server.errors import ConfigError
 from server.standin import StandIn
 from server.transports.asgi_thread import ThreadedServer
 from server.transports.http import build_http_app, is_loopback
-from tests.helpers import settings_for, text_of
-from tests.server.transports.test_stdio import INITIALIZE
+from tests.helpers import INITIALIZE, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
 TOKEN = "mcp-token-for-tests-0123456789"
@@ -36,9 +35,11 @@ def http_bridge(settings: Settings, *, stateless: bool = False, host: str = "127
 @asynccontextmanager
 async def http_client(url: str, token: str | None = None) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        yield client
 
 
 async def test_tools_over_http(standin: StandIn, tmp_path: Path) -> None:
