@@ -7,11 +7,21 @@ object. This module holds data only: no I/O, no MCP wiring.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.bridge.conversation import Effort, FunctionDefinition, PendingCall, Status, ToolCallTrace, UsageTotals
+from server.bridge.conversation import (
+    Conversation,
+    Effort,
+    FunctionDefinition,
+    PendingCall,
+    Status,
+    ToolCallTrace,
+    UsageTotals,
+)
+from server.logs import mask
 
 
 class FunctionOutput(BaseModel):
@@ -107,6 +117,24 @@ class RespondResult(BaseModel):
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
     transcript: str = Field(description="URI of the full transcript resource.")
+
+    @classmethod
+    def of(cls, conv: Conversation, secrets: Sequence[str]) -> RespondResult:
+        """Where ``conv`` stands, with every secret masked in the text the model wrote."""
+        return cls(
+            text=mask(conv.text, secrets),
+            status=conv.status,
+            conversation_id=conv.id,
+            model=conv.model,
+            turns=conv.turns,
+            tool_calls=conv.tool_calls,
+            pending_calls=conv.pending_calls,
+            parsed=conv.parsed,
+            usage=conv.usage,
+            error=mask(conv.error, secrets) if conv.error else None,
+            notes=conv.notes,
+            transcript=f"key4u://conversations/{conv.id}",
+        )
 
 
 __all__ = ["FunctionDefinition", "FunctionOutput", "RespondRequest", "RespondResult"]

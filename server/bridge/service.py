@@ -8,7 +8,6 @@ waiting. This module never builds requests, parses replies or runs tools itself.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -19,14 +18,14 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
 
-from server.bridge.conversation import Conversation, Options, ToolCallTrace
+from server.bridge.continuation import add_request, running_elsewhere, settled
+from server.bridge.conversation import Conversation, Options
 from server.bridge.jobs import Job, Jobs
 from server.bridge.loop import Loop, LoopLimits, Offer, Upstream
 from server.bridge.plan import Planner
-from server.bridge.request import FunctionOutput, RespondRequest, RespondResult
+from server.bridge.request import RespondRequest, RespondResult
 from server.config import Settings
-from server.logs import mask
-from server.store.base import ConversationStore, Stored
+from server.store.base import ConversationStore
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
 
@@ -39,6 +38,12 @@ def process_owner_id() -> str:
 
 
 class Bridge:
+    """Answers ``key4u_respond``: starts, continues or waits for a conversation.
+
+    It owns the planner and the jobs and builds a loop for each run; it never builds requests,
+    parses replies or runs tools itself.
+    """
+
     def __init__(
         self,
         settings: Settings,
@@ -102,48 +107,23 @@ class Bridge:
         if stored is None:
             raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
         if stored.held_by_other(self.jobs.owner, time.time()):
-            return self._elsewhere(stored, request)
+            return self.jobs.finished(running_elsewhere(stored.conversation, request))
         if not request.wants_more:
-            return self.jobs.finished(_settled(stored.conversation))  # nothing new: report where it stands
+            return self.jobs.finished(settled(stored.conversation))  # nothing new: report where it stands
         claimed = await self.store.claim(conversation_id, self.jobs.owner, self.jobs.lease)
         if claimed is None:  # another process won the race for it
             fresh = await self.store.get(conversation_id)
-            return self._elsewhere(fresh or stored, request)
+            return self.jobs.finished(running_elsewhere((fresh or stored).conversation, request))
         try:
-            conv = _settled(claimed)
-            offer = self._prepare_continuation(conv, request)
+            conv = settled(claimed)
+            add_request(conv, request)
+            offer = self.planner.offer(conv.options)  # checked before anything is sent
         except BaseException:
             await self.store.release(conversation_id, self.jobs.owner)
             raise
         self._begin(conv)
         await self.store.put(conv)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
-
-    def _prepare_continuation(self, conv: Conversation, request: RespondRequest) -> Offer:
-        conv.options = conv.options.model_copy(update=request.option_updates())
-        offer = self.planner.offer(conv.options)  # checked before anything is sent
-        if conv.status == "requires_action":
-            _add_function_outputs(conv, request.function_outputs or [])
-        elif request.function_outputs:
-            raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
-        if request.prompt:
-            conv.items.append({"type": "message", "role": "user", "content": request.prompt})
-        conv.notes, conv.error = [], None
-        conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
-        return offer
-
-    def _elsewhere(self, stored: Stored, request: RespondRequest) -> Job:
-        """A conversation another server process is running: refuse to add to it, or report it."""
-        conv = stored.conversation
-        note = (
-            f"this conversation is running in another server process (last saved "
-            f"{time.time() - conv.updated_at:.0f} s ago); call again with only its conversation_id"
-        )
-        if request.wants_more:
-            raise ToolError(note)
-        conv.status = "in_progress"
-        conv.notes = [*conv.notes, note]
-        return self.jobs.finished(conv)
 
     def _begin(self, conv: Conversation) -> None:
         conv.status = "in_progress"
@@ -171,65 +151,11 @@ class Bridge:
                 f"still working after {self.settings.deadline:g} s; call key4u_respond "
                 f"with conversation_id={conv.id!r} (and nothing else) to wait for the result",
             ]
-            return self.result(snapshot)
-        return self.result(conv)
-
-    def result(self, conv: Conversation) -> RespondResult:
-        secrets_ = self.settings.secrets()
-        return RespondResult(
-            text=mask(conv.text, secrets_),
-            status=conv.status,
-            conversation_id=conv.id,
-            model=conv.model,
-            turns=conv.turns,
-            tool_calls=conv.tool_calls,
-            pending_calls=conv.pending_calls,
-            parsed=conv.parsed,
-            usage=conv.usage,
-            error=mask(conv.error, secrets_) if conv.error else None,
-            notes=conv.notes,
-            transcript=f"key4u://conversations/{conv.id}",
-        )
+            return RespondResult.of(snapshot, self.settings.secrets())
+        return RespondResult.of(conv, self.settings.secrets())
 
     async def aclose(self) -> None:
         self.jobs.cancel_all()
-
-
-def _settled(conv: Conversation) -> Conversation:
-    """A stored conversation nobody runs: one saved as running was left by a process that stopped."""
-    if conv.status == "in_progress":
-        conv.status = "incomplete"
-        conv.notes = [*conv.notes, "the process running this conversation stopped before it finished"]
-    return conv
-
-
-def _add_function_outputs(conv: Conversation, outputs: list[FunctionOutput]) -> None:
-    pending = {p.call_id: p for p in conv.pending_calls}
-    given = {o.call_id: o for o in outputs}
-    unknown = sorted(set(given) - set(pending))
-    if unknown:
-        raise ToolError(f"no pending call has call_id {', '.join(unknown)}; pending: {', '.join(pending)}")
-    missing = sorted(set(pending) - set(given))
-    if missing:
-        raise ToolError(f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}")
-    for call_id, call in pending.items():
-        value = given[call_id].output
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        conv.items.append({"type": "function_call_output", "call_id": call_id, "output": text})
-        conv.tool_calls.append(
-            ToolCallTrace(
-                turn=conv.turns,
-                call_id=call_id,
-                name=call.name,
-                arguments=call.arguments,
-                ok=True,
-                ms=0.0,
-                started_ms=0.0,
-                output=text[:500],
-                ran_by="caller",
-            )
-        )
-    conv.pending_calls = []
 
 
 __all__ = ["Bridge"]

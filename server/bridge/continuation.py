@@ -1,0 +1,79 @@
+"""Continuing a stored conversation: what a follow-up call adds to it, checked before anything runs.
+
+Owns the rules for a conversation's next step (a new prompt, the outputs of pending calls, changed
+options) and how a conversation left behind by a stopped process is reported. It never touches the
+store, the model or the tools: the bridge claims and saves, the loop runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from server.bridge.conversation import Conversation, ToolCallTrace
+from server.bridge.request import FunctionOutput, RespondRequest
+
+
+def settled(conv: Conversation) -> Conversation:
+    """A stored conversation nobody runs: one saved as running was left by a process that stopped."""
+    if conv.status == "in_progress":
+        conv.status = "incomplete"
+        conv.notes = [*conv.notes, "the process running this conversation stopped before it finished"]
+    return conv
+
+
+def running_elsewhere(conv: Conversation, request: RespondRequest) -> Conversation:
+    """A conversation another server process runs: refuse to add to it, or report where it stands."""
+    note = (
+        f"this conversation is running in another server process (last saved "
+        f"{time.time() - conv.updated_at:.0f} s ago); call again with only its conversation_id"
+    )
+    if request.wants_more:
+        raise ToolError(note)
+    conv.status = "in_progress"
+    conv.notes = [*conv.notes, note]
+    return conv
+
+
+def add_request(conv: Conversation, request: RespondRequest) -> None:
+    """Add what a follow-up call brings (options, function outputs, a prompt) to a claimed conversation."""
+    conv.options = conv.options.model_copy(update=request.option_updates())
+    if conv.status == "requires_action":
+        _add_function_outputs(conv, request.function_outputs or [])
+    elif request.function_outputs:
+        raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
+    if request.prompt:
+        conv.items.append({"type": "message", "role": "user", "content": request.prompt})
+    conv.notes, conv.error = [], None
+    conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
+
+
+def _add_function_outputs(conv: Conversation, outputs: list[FunctionOutput]) -> None:
+    pending = {p.call_id: p for p in conv.pending_calls}
+    given = {o.call_id: o for o in outputs}
+    unknown = sorted(set(given) - set(pending))
+    if unknown:
+        raise ToolError(f"no pending call has call_id {', '.join(unknown)}; pending: {', '.join(pending)}")
+    missing = sorted(set(pending) - set(given))
+    if missing:
+        raise ToolError(f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}")
+    for call_id, call in pending.items():
+        value = given[call_id].output
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        conv.items.append({"type": "function_call_output", "call_id": call_id, "output": text})
+        conv.tool_calls.append(
+            ToolCallTrace(
+                turn=conv.turns,
+                call_id=call_id,
+                name=call.name,
+                arguments=call.arguments,
+                ok=True,
+                ms=0.0,
+                started_ms=0.0,
+                output=text[:500],
+                ran_by="caller",
+            )
+        )
+    conv.pending_calls = []
