@@ -1,4 +1,8 @@
-"""key4u-mcp: an MCP server that hosts local tools and bridges to OpenAI-compatible /v1/responses."""
+"""key4u-mcp: an MCP server that hosts local tools and bridges to models behind an OpenAI-compatible gateway.
+
+The ``key4u-mcp`` command is ``server.cli.main:main``; the README's "Architecture" section maps the
+packages.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,4 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 
-def main() -> None:
-    """Console-script entry point."""
-    from server.cli.main import main as cli_main
-
-    raise SystemExit(cli_main())
-
-
-__all__ = ["__version__", "main"]
+__all__ = ["__version__"]

@@ -1,3 +1,5 @@
-from server import main
+"""``python -m server``: the same as the ``key4u-mcp`` command."""
 
-main()
+from server.cli.main import main
+
+raise SystemExit(main())

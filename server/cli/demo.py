@@ -8,6 +8,7 @@ offline stand-in on a free loopback port.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
@@ -77,6 +79,11 @@ def upstream_for(settings: Settings) -> Generator[tuple[dict[str, str], str]]:
 
 
 class Demo:
+    """Runs the demo against a real server subprocess and prints its account, key masked.
+
+    A failed step is recorded in ``failures``, and ``run`` then returns 1.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.out = Printer(settings.secrets())
@@ -178,3 +185,7 @@ class Demo:
 
 async def run_demo(settings: Settings) -> int:
     return await Demo(settings).run()
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    return anyio.run(run_demo, settings)

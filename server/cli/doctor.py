@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ PROBE_TOOL: dict[str, Any] = {
 
 @dataclass
 class Check:
+    """One line of the doctor's report: what was checked, whether it passed, and how to fix it if not."""
+
     name: str
     ok: bool
     detail: str
@@ -53,6 +56,12 @@ def advice(exc: errors.UpstreamError, model: str) -> str:
 
 
 class Doctor:
+    """Checks the configured gateway, key and model with a few small real requests, without retries.
+
+    Each result is recorded as a ``Check``, with a fix when it fails; ``downstream_checks`` covers the
+    downstream servers.
+    """
+
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.http = http
@@ -214,3 +223,7 @@ async def run_doctor(settings: Settings) -> int:
     verdict = "All checks passed: the bridge can use this gateway." if not failed else f"{len(failed)} check(s) failed."
     print(f"\n{verdict}")
     return 1 if failed else 0
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    return anyio.run(run_doctor, settings)

@@ -1,30 +1,37 @@
-"""The ``key4u-mcp`` command line.
+"""The ``key4u-mcp`` command line: arguments, settings, logging, then one command's module.
 
 ``key4u-mcp`` alone serves MCP over stdio, which is what MCP hosts run. Other commands
 are for people at a terminal; they print to stdout, the server never does.
+
+Each command is a module of this package with ``run(settings, args) -> int``, named in ``COMMANDS``
+and imported when that command runs: the one place where the CLI chooses what to load, so serving
+over stdio never imports the HTTP server, the demo, the doctor or the stand-in.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib
 import json
-import logging
 import shutil
-import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import anyio
 from pydantic import ValidationError
 
 from server import __version__
 from server.config import Settings, load_settings
 from server.logs import configure_logging
 
-logger = logging.getLogger(__name__)
+#: Command name -> the module that runs it.
+COMMANDS = {
+    "serve": "server.cli.serve",
+    "serve-http": "server.cli.serve_http",
+    "demo": "server.cli.demo",
+    "doctor": "server.cli.doctor",
+    "stand-in": "server.cli.standin",
+}
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -79,27 +86,6 @@ def _settings(log_level: str | None) -> Settings | None:
         return None
 
 
-async def _serve_stdio(settings: Settings) -> None:
-    from server.surface.app import build_server
-    from server.transports.stdio import serve_stdio
-
-    server = build_server(settings)
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    logger.info("received %s, shutting down", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        if sys.platform != "win32":
-            tg.start_soon(stop_on_signal)
-        await serve_stdio(server)
-        logger.info("stdin closed, shutting down")
-        tg.cancel_scope.cancel()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args.log_level)
@@ -107,67 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     command = args.command or "serve"
-    if command == "serve" and settings.servers_file is not None:
-        from server.toolsets.hub import load_hub_config
-
-        try:
-            load_hub_config(settings.servers_file)
-        except ValueError as exc:
-            print(f"key4u-mcp: {exc}", file=sys.stderr)
-            return 2
-    if command == "serve" and args.transport == "http":
-        return _serve_http(settings, args)
-    if command == "serve":
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on Windows, or before the signal task started
-            anyio.run(_serve_stdio, settings)
-        return 0
-    if command == "demo":
-        from server.cli.demo import run_demo
-
-        return anyio.run(run_demo, settings)
-    if command == "doctor":
-        from server.cli.doctor import run_doctor
-
-        return anyio.run(run_doctor, settings)
-    if command == "stand-in":
-        return _serve_stand_in(args.standin_host, args.standin_port, args.api_key)
     if command == "config":
         print(json.dumps(claude_entry(settings), indent=2))
         return 0
-    raise AssertionError(f"unhandled command {command}")
-
-
-def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
-    from server.errors import ConfigError
-    from server.transports.http import serve_http
-
-    try:
-        anyio.run(
-            lambda: serve_http(
-                settings, args.host, args.port, stateless=args.stateless, json_response=args.json_response
-            )
-        )
-    except ConfigError as exc:
-        print(f"key4u-mcp: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def _serve_stand_in(host: str, port: int, api_key: str | None) -> int:
-    from server.standin import StandIn
-
-    upstream = StandIn(host=host, port=port, api_key=api_key).start()
-    print(f"Offline stand-in of /v1/responses at {upstream.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        upstream.stop()
-    return 0
+    if command == "serve" and args.transport == "http":
+        command = "serve-http"
+    run: Callable[[Settings, argparse.Namespace], int] = importlib.import_module(COMMANDS[command]).run
+    return run(settings, args)
 
 
 def claude_entry(settings: Settings) -> dict[str, object]:
