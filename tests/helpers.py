@@ -1,19 +1,34 @@
-"""Shared test helpers: the Key4U example and ways to reach the bridge through real clients."""
+"""Shared test helpers: settings, and ways to reach the server through real clients (in memory, a spawned
+stdio process, raw JSON-RPC lines)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 from server.config import Settings
 from server.surface.app import build_server
 from tests.conftest import FAKE_KEY
 
 LOCAL_TOOLS = {"current_time", "system_info", "math_calculator", "random_generator"}
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+#: A client's first message, for tests that speak raw JSON-RPC lines to a spawned server.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
 
 
 def settings_for(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
@@ -36,3 +51,23 @@ async def bridge_client(settings: Settings, mode: str = "legacy") -> AsyncIterat
 
 def text_of(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+def script() -> str:
+    """The installed ``key4u-mcp`` console script, as an MCP host runs it."""
+    path = shutil.which("key4u-mcp", path=str(BIN)) or shutil.which("key4u-mcp")
+    assert path, "the key4u-mcp console script is not installed next to this interpreter"
+    return path
+
+
+@asynccontextmanager
+async def spawned(params: StdioServerParameters, errlog: Path) -> AsyncIterator[Client]:
+    """A real MCP client connected to a spawned stdio server; the server's stderr goes to ``errlog``."""
+    with errlog.open("w") as err:
+        async with Client(stdio_client(params, errlog=err), mode="legacy") as client:
+            yield client
+
+
+def raw_session(*lines: dict[str, Any]) -> bytes:
+    """JSON-RPC messages as the newline-delimited bytes a stdio server reads."""
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)

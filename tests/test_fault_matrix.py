@@ -25,8 +25,7 @@ from mcp.client.stdio import stdio_client
 
 from server.standin import Faults, StandIn, http_date
 from tests.conftest import FAKE_KEY
-from tests.helpers import text_of
-from tests.server.transports.test_stdio import INITIALIZE, _raw_session, script
+from tests.helpers import INITIALIZE, raw_session, script, text_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
@@ -291,7 +290,7 @@ async def test_stdin_closed_mid_call(tmp_path: Path) -> None:
                 "params": {"name": "key4u_respond", "arguments": {"prompt": "hello"}},
             }
             await proc.stdin.send(
-                _raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg)
+                raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call_msg)
             )
             with anyio.fail_after(30):
                 while not upstream.state.active:  # the call reached the gateway
@@ -310,7 +309,7 @@ async def test_a_64_mib_request_line(tmp_path: Path) -> None:
         b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"math_calculator","arguments":'
         b'{"operation":"' + b"x" * (64 * 1024 * 1024) + b'"}}}\n'
     )
-    after = _raw_session(
+    after = raw_session(
         {
             "jsonrpc": "2.0",
             "id": 3,
@@ -322,7 +321,7 @@ async def test_a_64_mib_request_line(tmp_path: Path) -> None:
         [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     ) as proc:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        await proc.stdin.send(_raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        await proc.stdin.send(raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
         await proc.stdin.send(huge)
         await proc.stdin.send(after)
         received = b""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.transports.test_stdio import script
+from tests.helpers import script
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mcp-fuzzer", path=str(Path(sys.executable).parent)) is None, reason="mcp-fuzzer is not installed"

@@ -16,7 +16,7 @@ from mcp import Client, StdioServerParameters
 from server.standin import Faults, StandIn
 from server.store.sqlite import SQLiteStore
 from tests.conftest import FAKE_KEY
-from tests.server.transports.test_stdio import script, spawned
+from tests.helpers import script, spawned
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import pytest
 
 from server.standin import Faults, StandIn
 from tests.conftest import FAKE_KEY
-from tests.server.transports.test_stdio import script
+from tests.helpers import script
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

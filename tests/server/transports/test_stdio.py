@@ -8,35 +8,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp import StdioServerParameters
 
 from tests.conftest import FAKE_KEY
+from tests.helpers import BIN, INITIALIZE, REPO, raw_session, script, spawned
 
 pytestmark = pytest.mark.anyio
-
-REPO = Path(__file__).resolve().parents[3]
-BIN = Path(sys.executable).parent
-
-
-def script() -> str:
-    path = shutil.which("key4u-mcp", path=str(BIN)) or shutil.which("key4u-mcp")
-    assert path, "the key4u-mcp console script is not installed next to this interpreter"
-    return path
-
-
-@asynccontextmanager
-async def spawned(params: StdioServerParameters, errlog: Path) -> AsyncIterator[Client]:
-    with errlog.open("w") as err:
-        async with Client(stdio_client(params, errlog=err), mode="legacy") as client:
-            yield client
 
 
 async def test_console_script_lists_and_calls_tools(tmp_path: Path) -> None:
@@ -62,20 +44,8 @@ async def test_claude_config_entry_starts_the_server(tmp_path: Path) -> None:
     assert entry["env"]["KEY4U_API_KEY"] not in (tmp_path / "err.txt").read_text()
 
 
-def _raw_session(*lines: dict[str, Any]) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
-}
-
-
 async def test_stdout_carries_only_protocol_messages_and_stdin_eof_exits_cleanly(tmp_path: Path) -> None:
-    session = _raw_session(
+    session = raw_session(
         INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
@@ -113,7 +83,7 @@ async def test_stdout_carries_only_protocol_messages_and_stdin_eof_exits_cleanly
 async def test_signals_stop_the_server_cleanly(signum: signal.Signals) -> None:
     async with await anyio.open_process([script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
         assert proc.stdin is not None and proc.stdout is not None
-        await proc.stdin.send(_raw_session(INITIALIZE))
+        await proc.stdin.send(raw_session(INITIALIZE))
         with anyio.fail_after(30):
             assert b'"id":1' in await proc.stdout.receive()  # serving
         proc.send_signal(signum)
