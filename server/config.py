@@ -22,6 +22,12 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
+    """Every setting of the server, validated and frozen: gateway, retries, tool loop, downstream servers,
+    HTTP transport and store.
+
+    ``secrets()`` names the values that must never be printed or logged.
+    """
+
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",

@@ -16,6 +16,10 @@ from tools.errors import ToolInputError
 
 @dataclass(frozen=True)
 class LocalTool:
+    """One local tool as the server publishes it: its name, description, function and title, and whether
+    it is idempotent. Holds no MCP objects: the surface turns it into an MCP tool.
+    """
+
     name: str
     description: str
     fn: Callable[..., Any]

@@ -29,6 +29,12 @@ _SAVE_BOUND = 10.0
 
 @dataclass
 class Job:
+    """One conversation run by this process, or one already done, as a caller waits on it.
+
+    It holds the event set when the run ends, the scope that cancels it, and the listener, if any,
+    that hears its progress.
+    """
+
     conversation: Conversation
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -43,6 +49,11 @@ class Job:
 
 
 class Jobs:
+    """The conversations this process runs in the background, each under a store claim it renews.
+
+    A job's failure never reaches the task group; its conversation is always saved and released.
+    """
+
     def __init__(self, store: ConversationStore, task_group: TaskGroup, owner: str, lease: float) -> None:
         self.store = store
         self.task_group = task_group

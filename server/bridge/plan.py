@@ -25,6 +25,11 @@ _MAX_CACHED_SPECS = 1024
 
 
 class Planner:
+    """Turns a conversation's options into the ``Offer`` of functions the model sees, remembering converted specs.
+
+    Never runs a tool and never talks to the gateway.
+    """
+
     def __init__(self, available: CombinedToolset) -> None:
         self.available = available
         self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}

@@ -72,6 +72,10 @@ class Faults:
 
 @dataclass
 class StandInState:
+    """What one stand-in holds between requests: its key, its faults, the bodies received, stored
+    responses (for ``previous_response_id``), and request counts.
+    """
+
     api_key: str | None = None
     faults: Faults = field(default_factory=Faults)
     requests: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
@@ -82,6 +86,8 @@ class StandInState:
 
 
 class RequestError(Exception):
+    """A request the stand-in refuses; ``response()`` gives it the real endpoint's error envelope."""
+
     def __init__(
         self,
         status: int,

@@ -54,6 +54,8 @@ def is_array(value: object) -> TypeGuard[list[Any]]:
 
 @dataclass(frozen=True)
 class PlannedCall:
+    """One function call the stand-in will make this turn: the tool's name and its arguments."""
+
     name: str
     arguments: dict[str, Any]
 

@@ -30,12 +30,19 @@ class Stored:
 
 @dataclass(frozen=True)
 class ConversationInfo:
+    """A stored conversation in a listing: its id, status and when it was last saved."""
+
     id: str
     status: Status
     updated_at: float
 
 
 class ConversationStore(Protocol):
+    """Where conversations are saved and who runs each one: saves, atomic claims with leases, and listings.
+
+    It keeps conversations as data only; it never runs or changes one beyond ``updated_at``.
+    """
+
     async def get(self, conversation_id: str) -> Stored | None: ...
 
     async def put(self, conversation: Conversation) -> None:

@@ -13,6 +13,11 @@ from server.store.base import ConversationInfo, Stored
 
 
 class MemoryStore:
+    """A ``ConversationStore`` in a dict, as JSON, for this process alone: nothing survives a restart.
+
+    Beyond ``max_conversations`` the least recently saved are dropped; nothing expires by age.
+    """
+
     def __init__(self, *, max_conversations: int = 1000) -> None:
         self.max_conversations = max_conversations
         self._rows: dict[str, tuple[str, str | None, float | None]] = {}

@@ -41,6 +41,11 @@ _PRUNE_EVERY = 50
 
 
 class SQLiteStore:
+    """A ``ConversationStore`` in one SQLite file, shared by the processes of one machine.
+
+    Opens the file on first use and runs every query on a worker thread, one at a time.
+    """
+
     def __init__(self, path: Path | str, *, max_conversations: int = 1000, max_age_days: float = 30) -> None:
         self.path = path
         self.max_conversations = max_conversations

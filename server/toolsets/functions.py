@@ -15,6 +15,12 @@ from server.toolsets.base import OfferedTool, error_result
 
 
 class FunctionsToolset:
+    """A conversation's caller-defined functions, as tools in ``return`` mode: offered to the model, never
+    run here.
+
+    ``call`` only answers with an error result: the caller runs them.
+    """
+
     def __init__(self, functions: Sequence[FunctionDefinition]) -> None:
         self._tools = [
             OfferedTool(

@@ -24,6 +24,8 @@ SEPARATOR = "__"
 
 
 class Policy(BaseModel):
+    """Allow and deny globs and per-tool modes for one set of tools: which the model sees, and who runs them."""
+
     model_config = ConfigDict(extra="forbid")
     allow: list[str] = Field(default_factory=lambda: ["*"])
     deny: list[str] = Field(default_factory=list)

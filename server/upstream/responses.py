@@ -35,6 +35,8 @@ _TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """When a failed request is tried again: how many times, the longest Retry-After honoured, and a time budget."""
+
     max_retries: int = 2
     """Retries after the first attempt (so 3 attempts by default)."""
     max_wait: float = 30.0
@@ -86,6 +88,12 @@ def _strip_request_id(message: str) -> tuple[str, str | None]:
 
 
 class ResponsesClient:
+    """Sends requests to ``POST {base_url}/responses`` and returns parsed responses, retrying as ``retry`` allows.
+
+    Every failure is raised as a ``server.errors`` error with the API key masked; a stream that has
+    already started is never retried.
+    """
+
     def __init__(
         self,
         http: httpx.AsyncClient,

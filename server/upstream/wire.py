@@ -30,14 +30,20 @@ class _Lenient(BaseModel):
 
 
 class InputTokensDetails(_Lenient):
+    """Detail of a response's input tokens: how many came from the prompt cache."""
+
     cached_tokens: int | None = 0
 
 
 class OutputTokensDetails(_Lenient):
+    """Detail of a response's output tokens: how many were spent on reasoning."""
+
     reasoning_tokens: int | None = 0
 
 
 class Usage(_Lenient):
+    """The tokens one response used, as the gateway reports them (any field may be missing)."""
+
     input_tokens: int | None = 0
     output_tokens: int | None = 0
     input_tokens_details: InputTokensDetails | None = None
@@ -45,6 +51,8 @@ class Usage(_Lenient):
 
 
 class FunctionCall(_Lenient):
+    """A ``function_call`` output item: the call the model wants made, arguments as a JSON string."""
+
     call_id: str
     name: str
     arguments: str
@@ -53,6 +61,11 @@ class FunctionCall(_Lenient):
 
 
 class ResponseObject(_Lenient):
+    """One Responses API response: status, raw output items, usage and any error.
+
+    Output items stay dicts so they can be replayed; ``function_calls()`` checks only the calls.
+    """
+
     id: str | None = None
     model: str | None = None
     status: str | None = None
