@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
         description="Cap on the text key4u_respond returns (hosts cap tool results).",
     )
+    api_style: Literal["auto", "responses", "chat"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("KEY4U_API_STYLE", "api_style"),
+        description="The model API: auto (per model: what the gateway advertises or serves, remembered), "
+        "responses (/v1/responses) or chat (/v1/chat/completions).",
+    )
     conversation_mode: Literal["replay", "previous_response_id"] = Field(
         default="replay",
         validation_alias=AliasChoices("KEY4U_CONVERSATION_MODE", "conversation_mode"),
@@ -167,6 +173,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def endpoint_memory(self) -> Path:
+        """Which API each model answered on, kept next to the database."""
+        return self.database.parent / "endpoints.json"
 
     @property
     def database(self) -> Path:

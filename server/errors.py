@@ -2,7 +2,7 @@
 
 * BridgeError
   * ConfigError: a setting the call needs is missing or wrong (e.g. no API key).
-  * UpstreamError: the Responses endpoint could not give an answer.
+  * UpstreamError: the model API (Responses or Chat Completions) could not give an answer.
     * UpstreamHTTPError: a non-2xx reply (status_code, code, type, request_id).
       * AuthenticationError: 401, the key was rejected.
       * PermissionDeniedError: 403, the key may not use this model or route.
@@ -13,9 +13,10 @@
       * ServerError: 5xx, or 408/409 after retries.
     * UpstreamTimeout: no reply within the timeout or the time budget.
     * UpstreamConnectionError: the gateway could not be reached, or dropped the connection.
-    * MalformedResponseError: the reply is not the Responses wire format (bad JSON, a stream
-      without a terminal event, a 200 carrying an error object).
+    * MalformedResponseError: the reply is not the wire format (bad JSON, a stream without a
+      terminal event or finish_reason, a 200 carrying an error object).
     * StreamError: an ``error`` event arrived mid-stream.
+    * NoUsableEndpointError: neither /v1/responses nor /v1/chat/completions serves the model.
 
 Messages never contain the API key: the one boundary that builds them masks it.
 """
@@ -48,7 +49,7 @@ class ConfigError(BridgeError):
 
 
 class UpstreamError(BridgeError):
-    """Raised when the Responses endpoint could not give an answer."""
+    """Raised when the model API could not give an answer."""
 
     retryable: bool = False
     #: Set when part of a stream had arrived: the request was billed, so it is never retried.
@@ -96,7 +97,7 @@ class PermissionDeniedError(UpstreamHTTPError):
 class NotFoundError(UpstreamHTTPError):
     """Raised on 404: no such route or model."""
 
-    hint = "check KEY4U_BASE_URL (it must end in /v1 and the gateway must offer /v1/responses) and the model name"
+    hint = "check KEY4U_BASE_URL (the gateway's OpenAI-compatible base, usually ending in /v1) and the model name"
 
 
 class BadRequestError(UpstreamHTTPError):
@@ -143,7 +144,7 @@ class UpstreamConnectionError(UpstreamError):
 class MalformedResponseError(UpstreamError):
     """Raised when the reply is not in the Responses wire format."""
 
-    hint = "the gateway's reply was not a valid /v1/responses answer"
+    hint = "the gateway's reply was not a valid answer of the model API"
 
 
 class StreamError(UpstreamError):
@@ -156,3 +157,9 @@ class StreamError(UpstreamError):
     @property
     def summary(self) -> str:
         return f"stream error{f' [code {self.code}]' if self.code else ''}: {self.message}"
+
+
+class NoUsableEndpointError(UpstreamError):
+    """Raised when neither /v1/responses nor /v1/chat/completions serves the model."""
+
+    hint = "check KEY4U_BASE_URL: it must be the gateway's OpenAI-compatible base (e.g. https://api.key4u.shop/v1)"

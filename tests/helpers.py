@@ -16,6 +16,17 @@ from mcp.client.stdio import stdio_client
 
 from server.config import Settings
 from server.surface.app import build_server
+from server.upstream.model import (
+    ApiStyle,
+    FunctionCall,
+    Item,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    OnEvent,
+    StreamEvent,
+    TokenUsage,
+)
 from tests.conftest import FAKE_KEY
 
 LOCAL_TOOLS = {"current_time", "system_info", "math_calculator", "random_generator"}
@@ -71,3 +82,29 @@ async def spawned(params: StdioServerParameters, errlog: Path) -> AsyncIterator[
 def raw_session(*lines: dict[str, Any]) -> bytes:
     """JSON-RPC messages as the newline-delimited bytes a stdio server reads."""
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+class ScriptedModel:
+    """A ``Model`` that answers from a script, one entry per turn: a list of ``(name, arguments)`` calls,
+    or the final text. It records each request, so tests assert on what the loop sent."""
+
+    def __init__(self, *turns: list[tuple[str, dict[str, Any]]] | str, api: ApiStyle = "responses") -> None:
+        self.turns = list(turns)
+        self.api: ApiStyle = api
+        self.requests: list[ModelRequest] = []
+
+    async def respond(self, request: ModelRequest, on_event: OnEvent | None = None) -> ModelResponse:
+        self.requests.append(request)
+        step = self.turns.pop(0) if self.turns else "done"
+        usage = TokenUsage(input_tokens=10, output_tokens=5)
+        if isinstance(step, str):
+            return ModelResponse(api=self.api, output=[Message(role="assistant", text=step)], usage=usage)
+        calls: list[Item] = [
+            FunctionCall(call_id=f"call_{len(self.requests)}_{n}", name=name, arguments=json.dumps(arguments))
+            for n, (name, arguments) in enumerate(step)
+        ]
+        if on_event is not None:
+            for call in calls:
+                assert isinstance(call, FunctionCall)
+                await on_event(StreamEvent("function_call", call.name))
+        return ModelResponse(api=self.api, output=calls, usage=usage)

@@ -13,7 +13,9 @@ import time
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server.bridge.conversation import Conversation, ToolCallTrace
-from server.bridge.request import FunctionOutput, RespondRequest
+from server.bridge.request import FunctionOutput as CallerOutput
+from server.bridge.request import RespondRequest
+from server.upstream.model import FunctionOutput, Message
 
 
 def settled(conv: Conversation) -> Conversation:
@@ -39,18 +41,24 @@ def running_elsewhere(conv: Conversation, request: RespondRequest) -> Conversati
 
 def add_request(conv: Conversation, request: RespondRequest) -> None:
     """Add what a follow-up call brings (options, function outputs, a prompt) to a claimed conversation."""
+    if request.api not in (None, "auto") and conv.api not in (None, request.api):
+        raise ToolError(
+            f"conversation {conv.id} uses the {conv.api} API; start a new conversation to use {request.api}"
+        )
+    if conv.api is None and request.api in ("responses", "chat"):
+        conv.api = request.api
     conv.options = conv.options.model_copy(update=request.option_updates())
     if conv.status == "requires_action":
         _add_function_outputs(conv, request.function_outputs or [])
     elif request.function_outputs:
         raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
     if request.prompt:
-        conv.items.append({"type": "message", "role": "user", "content": request.prompt})
+        conv.items.append(Message(role="user", text=request.prompt))
     conv.notes, conv.error = [], None
     conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
 
 
-def _add_function_outputs(conv: Conversation, outputs: list[FunctionOutput]) -> None:
+def _add_function_outputs(conv: Conversation, outputs: list[CallerOutput]) -> None:
     pending = {p.call_id: p for p in conv.pending_calls}
     given = {o.call_id: o for o in outputs}
     unknown = sorted(set(given) - set(pending))
@@ -62,7 +70,7 @@ def _add_function_outputs(conv: Conversation, outputs: list[FunctionOutput]) -> 
     for call_id, call in pending.items():
         value = given[call_id].output
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        conv.items.append({"type": "function_call_output", "call_id": call_id, "output": text})
+        conv.items.append(FunctionOutput(call_id=call_id, output=text))
         conv.tool_calls.append(
             ToolCallTrace(
                 turn=conv.turns,

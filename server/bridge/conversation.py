@@ -7,10 +7,11 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from server.upstream.model import ApiStyle, Effort, Item
 
 Status = Literal["completed", "requires_action", "in_progress", "incomplete", "failed"]
-Effort = Literal["minimal", "low", "medium", "high"]
 
 
 class UsageTotals(BaseModel):
@@ -85,8 +86,10 @@ class Conversation(BaseModel):
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     options: Options
-    #: Full replay history: input items, output items, and function_call_output items.
-    items: list[dict[str, Any]] = Field(default_factory=list[dict[str, Any]])
+    #: The whole history, in neutral form: prompts, the model's messages and calls, and call outputs.
+    items: list[Item] = Field(default_factory=list[Item])
+    #: The model API this conversation uses, fixed at its first turn (None until then).
+    api: ApiStyle | None = None
     #: Index in ``items`` from which items are new since the last stored response.
     unsent_from: int = 0
     previous_response_id: str | None = None
@@ -100,3 +103,10 @@ class Conversation(BaseModel):
     pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _api_of_older_versions(self) -> Conversation:
+        """A conversation stored before the API was recorded ran on Responses, the only one then."""
+        if self.api is None and self.turns > 0:
+            self.api = "responses"
+        return self

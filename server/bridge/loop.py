@@ -5,41 +5,37 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
 
 from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace
 from server.errors import UpstreamError
 from server.toolsets.base import OfferedTool, RunMode
+from server.upstream.model import (
+    FunctionCall,
+    FunctionOutput,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    StreamEvent,
+)
 from server.upstream.translation import (
     MAX_OUTPUT_CHARS,
     ArgumentError,
     FunctionSpec,
     NameMap,
-    StrictSchemaError,
     error_output,
     parse_arguments,
     result_to_output,
-    strictify,
 )
-from server.upstream.wire import FunctionCall, ResponseObject, is_array, is_object
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
-EventCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5|codex)", re.IGNORECASE)
-
-
-class Upstream(Protocol):
-    """Sends one request body to the model and returns its response; ``on_event`` hears stream events."""
-
-    async def create(self, body: dict[str, Any], *, on_event: EventCallback | None = None) -> ResponseObject: ...
 
 
 @dataclass(frozen=True)
@@ -70,92 +66,46 @@ class Offer:
 
 @dataclass(frozen=True)
 class LoopLimits:
-    """The bounds a loop runs under: parallel calls, each call's timeout, output size, and how history is sent."""
+    """The bounds a loop runs under: parallel calls, each call's timeout, and the size of an output."""
 
     concurrency: int = 16
     call_timeout: float = 60.0
     output_chars: int = MAX_OUTPUT_CHARS
-    conversation_mode: Literal["replay", "previous_response_id"] = "replay"
 
 
-def _replay_form(item: dict[str, Any]) -> dict[str, Any] | None:
-    """How an output item is sent back in a stateless replay, or None to leave it out."""
-    kind = item.get("type")
-    if kind == "function_call":
-        return {k: item[k] for k in ("type", "id", "call_id", "name", "arguments") if k in item}
-    if kind == "message":
-        parts: object = item.get("content")
-        content: list[dict[str, Any]] = [
-            {"type": "output_text", "text": p.get("text", ""), "annotations": []}
-            for p in (parts if is_array(parts) else [])
-            if is_object(p) and p.get("type") == "output_text"
-        ]
-        return {"type": "message", "role": "assistant", "content": content} if content else None
-    if kind == "reasoning":
-        # Without encrypted_content a reasoning item can only be found by id, which store:false forbids.
-        return dict(item) if item.get("encrypted_content") else None
-    return None  # hosted tool items (web_search_call, ...) are not replayable without storage
-
-
-def build_request(conv: Conversation, tools: Offer, limits: LoopLimits) -> dict[str, Any]:
+def model_request(conv: Conversation, tools: Offer) -> ModelRequest:
+    """The next turn of ``conv``, in neutral form."""
     opts = conv.options
-    body: dict[str, Any] = {"model": opts.model, "parallel_tool_calls": opts.parallel_tool_calls}
-    if limits.conversation_mode == "previous_response_id" and conv.previous_response_id:
-        body["previous_response_id"] = conv.previous_response_id
-        body["input"] = conv.items[conv.unsent_from :]
-        body["store"] = True
-    else:
-        body["input"] = conv.items
-        body["store"] = limits.conversation_mode == "previous_response_id"
-    if opts.instructions:
-        body["instructions"] = opts.instructions
-    function_tools = [o.spec.tool for o in tools.offered.values()]
-    if opts.web_search:
-        function_tools.append({"type": "web_search"})
-    if function_tools:
-        body["tools"] = function_tools
-        choice = opts.tool_choice
-        if choice in ("auto", "none", "required"):
-            body["tool_choice"] = choice
-        else:
-            body["tool_choice"] = {"type": "function", "name": tools.api_name(choice) or choice}
-    reasoning = opts.reasoning_effort is not None or bool(_REASONING_MODEL.match(opts.model))
-    if opts.reasoning_effort:
-        body["reasoning"] = {"effort": opts.reasoning_effort}
-    if reasoning and not body["store"]:
-        body["include"] = ["reasoning.encrypted_content"]
-    if opts.response_format is not None:
-        body["text"] = {
-            "format": {
-                "type": "json_schema",
-                "name": "result",
-                "schema": opts.response_format,
-                "strict": _strict_format(opts.response_format),
-            }
-        }
-    if opts.max_output_tokens:
-        body["max_output_tokens"] = opts.max_output_tokens
-    if opts.metadata:
-        body["metadata"] = opts.metadata
-    return body
+    choice = opts.tool_choice
+    if choice not in ("auto", "none", "required"):
+        choice = tools.api_name(choice) or choice
+    return ModelRequest(
+        model=opts.model,
+        items=tuple(conv.items),  # a snapshot: the conversation grows after the request is sent
+        instructions=opts.instructions,
+        tools=[o.spec for o in tools.offered.values()],
+        tool_choice=choice,
+        parallel_tool_calls=opts.parallel_tool_calls,
+        reasoning_effort=opts.reasoning_effort,
+        response_format=opts.response_format,
+        max_output_tokens=opts.max_output_tokens,
+        metadata=opts.metadata,
+        web_search=opts.web_search,
+        api=conv.api,
+        previous_response_id=conv.previous_response_id,
+        new_from=conv.unsent_from,
+    )
 
 
-def _strict_format(schema: dict[str, Any]) -> bool:
-    try:
-        return strictify(schema) == schema
-    except (StrictSchemaError, RecursionError):
-        return False
-
-
-def _add_usage(conv: Conversation, response: ResponseObject) -> None:
+def _add_usage(conv: Conversation, response: ModelResponse) -> None:
     usage = response.usage
     if usage is None:
         return
     total = conv.usage
-    total.input_tokens += usage.input_tokens or 0
-    total.output_tokens += usage.output_tokens or 0
-    total.cached_tokens += (usage.input_tokens_details.cached_tokens or 0) if usage.input_tokens_details else 0
-    total.reasoning_tokens += (usage.output_tokens_details.reasoning_tokens or 0) if usage.output_tokens_details else 0
+    total.input_tokens += usage.input_tokens
+    total.output_tokens += usage.output_tokens
+    total.cached_tokens += usage.cached_tokens
+    total.reasoning_tokens += usage.reasoning_tokens
     total.total_tokens = total.input_tokens + total.output_tokens
 
 
@@ -167,7 +117,7 @@ class Loop:
     It changes the conversation in place and never saves it: the job does.
     """
 
-    upstream: Upstream
+    model: Model
     tools: Offer
     limits: LoopLimits = field(default_factory=LoopLimits)
     progress: Progress | None = None
@@ -199,39 +149,29 @@ class Loop:
         """One model turn; True when the conversation stops here."""
         turn = conv.turns + 1
         await self._say(f"turn {turn}: waiting for {conv.options.model}")
-        body = build_request(conv, self.tools, self.limits)
-        response = await self.upstream.create(body, on_event=self._on_event)
-        conv.turns = turn
+        response = await self.model.respond(model_request(conv, self.tools), self._on_event)
+        conv.turns, conv.api = turn, response.api
         conv.model = response.model or conv.model
         _add_usage(conv, response)
         conv.previous_response_id = response.id
-        replay = [r for r in (_replay_form(i) for i in response.output) if r is not None]
-        conv.items.extend(replay)
+        conv.items.extend(response.output)
         conv.unsent_from = len(conv.items)
-        conv.text = response.text() or conv.text
+        conv.notes.extend(n for n in response.notes if n not in conv.notes)
+        conv.text = response.text or conv.text
         if response.status == "failed":
-            error = response.error or {}
-            conv.status = "failed"
-            conv.error = f"the model's response failed: {error.get('message', 'no reason given')}" + (
-                f" [code {error['code']}]" if error.get("code") else ""
-            )
+            conv.status, conv.error = "failed", response.error or "the model's response failed"
             return True
-        calls = response.function_calls()
+        calls = response.function_calls
         if response.status == "incomplete":
-            reason = (response.incomplete_details or {}).get("reason", "unknown")
             conv.status = "incomplete"
             conv.notes.append(
-                f"the response is incomplete ({reason})"
+                f"the response is incomplete ({response.incomplete_reason or 'unknown'})"
                 + (f"; {len(calls)} function call(s) with possibly truncated arguments were not run" if calls else "")
             )
             # Replayed calls need outputs, or the next request is refused.
             for call in calls:
                 conv.items.append(
-                    {
-                        "type": "function_call_output",
-                        "call_id": call.call_id,
-                        "output": error_output("not run: the response was cut off"),
-                    }
+                    FunctionOutput(call_id=call.call_id, output=error_output("not run: the response was cut off"))
                 )
             return True
         if not calls:
@@ -240,18 +180,14 @@ class Loop:
             return True
         return await self._run_calls(conv, calls, turn)
 
-    async def _on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "response.content_part.added":
+    async def _on_event(self, event: StreamEvent) -> None:
+        if event.kind == "function_call":
+            await self._say(f"model calls {event.name}")
+            return
+        now = time.perf_counter()
+        if now - self._last_delta_report >= 1.0:  # at most one notification a second while text streams
+            self._last_delta_report = now
             await self._say("writing the answer")
-        elif kind == "response.output_text.delta":
-            now = time.perf_counter()
-            if now - self._last_delta_report >= 1.0:  # at most one notification a second while text streams
-                self._last_delta_report = now
-                await self._say("writing the answer")
-        elif kind == "response.output_item.added":
-            item: object = data.get("item")
-            if is_object(item) and item.get("type") == "function_call":
-                await self._say(f"model calls {item.get('name')}")
 
     def _parse_structured(self, conv: Conversation) -> None:
         if conv.options.response_format is None:
@@ -291,9 +227,7 @@ class Loop:
                     tg.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
         for call in calls:
             if call.call_id in outputs:
-                conv.items.append(
-                    {"type": "function_call_output", "call_id": call.call_id, "output": outputs[call.call_id]}
-                )
+                conv.items.append(FunctionOutput(call_id=call.call_id, output=outputs[call.call_id]))
         if pending:
             conv.pending_calls = pending
             conv.status = "requires_action"

@@ -8,7 +8,7 @@ object. This module holds data only: no I/O, no MCP wiring.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ from server.bridge.conversation import (
     UsageTotals,
 )
 from server.logs import mask
+from server.upstream.model import ApiStyle
 
 
 class FunctionOutput(BaseModel):
@@ -68,6 +69,11 @@ class RespondRequest(BaseModel):
         max_length=16,
         description='String pairs passed through to the gateway (e.g. {"model_id": "32"}).',
     )
+    api: Literal["auto", "responses", "chat"] | None = Field(
+        default=None,
+        description="The model API for a new conversation: auto (default: per model, as the gateway serves it), "
+        "responses or chat. A conversation keeps its API.",
+    )
 
     @property
     def wants_more(self) -> bool:
@@ -109,6 +115,9 @@ class RespondResult(BaseModel):
     status: Status
     conversation_id: str
     model: str | None = Field(description="The model as the gateway reports it (gateways rename models).")
+    api: ApiStyle | None = Field(
+        default=None, description="The model API used: responses (/v1/responses) or chat (/v1/chat/completions)."
+    )
     turns: int
     tool_calls: list[ToolCallTrace]
     pending_calls: list[PendingCall]
@@ -126,6 +135,7 @@ class RespondResult(BaseModel):
             status=conv.status,
             conversation_id=conv.id,
             model=conv.model,
+            api=conv.api,
             turns=conv.turns,
             tool_calls=conv.tool_calls,
             pending_calls=conv.pending_calls,

@@ -21,13 +21,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from server.bridge.continuation import add_request, running_elsewhere, settled
 from server.bridge.conversation import Conversation, Options
 from server.bridge.jobs import Job, Jobs
-from server.bridge.loop import Loop, LoopLimits, Offer, Upstream
+from server.bridge.loop import Loop, LoopLimits, Offer
 from server.bridge.plan import Planner
 from server.bridge.request import RespondRequest, RespondResult
 from server.config import Settings
 from server.store.base import ConversationStore
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
+from server.upstream.model import Message, Model
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -47,7 +48,7 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        upstream: Callable[[], Upstream] | None,
+        upstream: Callable[[], Model] | None,
         store: ConversationStore,
         toolsets: CombinedToolset,
         task_group: TaskGroup,
@@ -63,7 +64,6 @@ class Bridge:
         self.limits = LoopLimits(
             concurrency=settings.tool_concurrency,
             call_timeout=settings.tool_timeout,
-            conversation_mode=settings.conversation_mode,
         )
 
     async def respond(self, request: RespondRequest, progress: Progress | None) -> RespondResult:
@@ -88,8 +88,10 @@ class Bridge:
         updates = request.option_updates()
         updates.setdefault("model", self.settings.model)
         conv = Conversation(options=Options.model_validate(updates))
+        if request.api in ("responses", "chat"):
+            conv.api = request.api
         offer = self.planner.offer(conv.options)
-        conv.items.append({"type": "message", "role": "user", "content": request.prompt})
+        conv.items.append(Message(role="user", text=request.prompt))
         self._begin(conv)
         await self.store.create(conv, self.jobs.owner, self.jobs.lease)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
@@ -131,7 +133,7 @@ class Bridge:
 
     def _loop(self, offer: Offer, job: Job) -> Loop:
         assert self.upstream is not None
-        return Loop(upstream=self.upstream(), tools=offer, limits=self.limits, progress=job.notify)
+        return Loop(model=self.upstream(), tools=offer, limits=self.limits, progress=job.notify)
 
     async def _wait(self, job: Job, progress: Progress | None) -> RespondResult:
         job.listener = progress

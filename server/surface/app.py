@@ -15,7 +15,6 @@ import anyio
 from mcp.server import MCPServer
 
 from server import __version__
-from server.bridge.loop import Upstream
 from server.bridge.service import Bridge
 from server.config import Settings
 from server.store.sqlite import SQLiteStore
@@ -26,18 +25,19 @@ from server.toolsets.base import CombinedToolset, PolicyToolset, Toolset
 from server.toolsets.hub import Hub, load_hub_config
 from server.toolsets.local import LocalToolset
 from server.toolsets.policy import Policy
+from server.upstream.model import Model
 
 if TYPE_CHECKING:
     import httpx
 
-    from server.upstream.responses import ResponsesClient
 
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "key4u-mcp hosts local tools (current_time, system_info, math_calculator, random_generator) that answer at "
     "once, with no network, and key4u_respond, which hands a prompt to a model behind the Key4U gateway "
-    "(OpenAI-compatible /v1/responses) and lets that model call these tools in parallel and functions you define."
+    "(OpenAI-compatible: /v1/responses or /v1/chat/completions, chosen per model) and lets that model call "
+    "these tools in parallel and functions you define."
 )
 
 
@@ -51,36 +51,32 @@ class AppState:
 
 
 class SharedUpstream:
-    """The process's one ``httpx.AsyncClient`` and ``ResponsesClient``, made on first use.
+    """The process's one ``httpx.AsyncClient`` and model client (``AutoModel``), made on first use.
 
     Hosts start every configured server at launch, and a server that never calls the gateway
-    (local tools only) needs no HTTP client. Importing httpx and building the client (it loads the
-    TLS trust store) adds about a sixth to the start-up path, so both wait for the first call: the
-    one import this package defers to a function.
+    (local tools only) needs no HTTP client. Importing httpx and the upstream package and building
+    the client (it loads the TLS trust store) adds about a sixth to the start-up path, so both wait
+    for the first call: the one import this package defers to a function.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._http: httpx.AsyncClient | None = None
-        self._client: ResponsesClient | None = None
+        self._model: Model | None = None
 
-    def get(self) -> Upstream:
-        if self._client is None:
+    def get(self) -> Model:
+        if self._model is None:
             import httpx
 
-            from server.upstream.responses import ResponsesClient, RetryPolicy
+            from server.upstream.routing import connect
 
             s = self._settings
-            assert s.api_key is not None
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(s.timeout, connect=10.0, write=30.0, pool=10.0),
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             )
-            retry = RetryPolicy(max_retries=s.max_retries, max_wait=s.retry_max_wait, budget=s.retry_budget)
-            self._client = ResponsesClient(
-                self._http, base_url=s.base_url, api_key=s.api_key.get_secret_value(), stream=s.stream, retry=retry
-            )
-        return self._client
+            self._model = connect(self._http, s)
+        return self._model
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -1,90 +1,48 @@
-"""The only module that knows URLs, headers and the wire: ``POST {base_url}/responses``.
+"""``POST {base_url}/responses``: the Responses wire client, and the adapter behind the neutral interface.
 
-One ``httpx.AsyncClient`` for the process is passed in. Replies are read as SSE (the
-default) or plain JSON, parsed leniently, and every failure is mapped here, at one
-boundary, to the hierarchy in ``server.errors``, with the API key masked out.
+``ResponsesClient`` sends a wire body and reads the reply, as SSE (the default) or plain JSON, leniently
+(``wire``). ``ResponsesModel`` is the ``Model`` adapter: it builds the body from a ``ModelRequest``
+(stateless replay with ``store: false``, or ``previous_response_id``; reasoning ``include``; strict
+schemas; hosted web search) and turns the reply into a ``ModelResponse``.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import random
-import time
-from collections.abc import Awaitable, Callable, Generator
-from contextlib import contextmanager
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import anyio
 import httpx
 from httpx_sse import EventSource, SSEError
 
 from server import errors
-from server.logs import mask
-from server.upstream.wire import ResponseObject, is_object, parse_response
+from server.upstream.gateway import Gateway, RetryPolicy, parse_retry_after
+from server.upstream.model import (
+    FunctionCall,
+    FunctionOutput,
+    Item,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    OnEvent,
+    Reasoning,
+    StreamEvent,
+    TokenUsage,
+)
+from server.upstream.schemas import StrictSchemaError, strictify
+from server.upstream.translation import FunctionSpec
+from server.upstream.wire import ResponseObject, is_array, is_object, parse_response
 
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
 
-_QUOTA_WORDS = ("quota", "insufficient", "balance", "余额", "额度")
+PATH = "/responses"
 _TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When a failed request is tried again: how many times, the longest Retry-After honoured, and a time budget."""
-
-    max_retries: int = 2
-    """Retries after the first attempt (so 3 attempts by default)."""
-    max_wait: float = 30.0
-    """Longest Retry-After honoured, in seconds; a longer one is not waited for."""
-    budget: float = 120.0
-    """Total seconds for all attempts and waits of one request."""
-
-    def backoff(self, retry: int) -> float:
-        return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait as the reply asks: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    return email.utils.mktime_tz(parsed) - time.time()
-
-
-@contextmanager
-def map_http_errors() -> Generator[None]:
-    """Translate httpx exceptions into ``server.errors``: nothing above this file sees httpx."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise errors.UpstreamTimeout(f"no reply in time ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise errors.UpstreamConnectionError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _strip_request_id(message: str) -> tuple[str, str | None]:
-    marker = " (request id: "
-    if marker in message and message.endswith(")"):
-        head, _, rid = message.rpartition(marker)
-        return head, rid[:-1]
-    return message, None
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5|codex)", re.IGNORECASE)
 
 
 class ResponsesClient:
@@ -103,14 +61,15 @@ class ResponsesClient:
         stream: bool = True,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._http = http
-        self._url = base_url.rstrip("/") + "/responses"
-        self._api_key = api_key
+        self.gateway = Gateway(http, base_url=base_url, api_key=api_key, retry=retry)
         self.stream = stream
-        self.retry = retry or RetryPolicy()
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.gateway.retry
 
     def __repr__(self) -> str:  # never the key
-        return f"ResponsesClient(url={self._url!r}, stream={self.stream})"
+        return f"ResponsesClient(url={self.gateway.base_url + PATH!r}, stream={self.stream})"
 
     # --- the public call ------------------------------------------------------------------
 
@@ -119,49 +78,14 @@ class ResponsesClient:
     ) -> ResponseObject:
         """POST ``body`` and return the parsed response, retrying what the policy allows."""
         use_stream = self.stream if stream is None else stream
-        payload = {**body, "stream": use_stream}
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                with map_http_errors():
-                    return await self._attempt(payload, use_stream, on_event)
-            except errors.UpstreamError as exc:
-                wait = self._retry_wait(exc, attempt, time.monotonic() - started)
-                if wait is None:
-                    raise
-                attempt += 1
-                logger.warning(
-                    "upstream %s; retry %d/%d in %.2fs", type(exc).__name__, attempt, self.retry.max_retries, wait
-                )
-                await anyio.sleep(wait)
 
-    def _retry_wait(self, exc: errors.UpstreamError, attempt: int, elapsed: float) -> float | None:
-        if not exc.retryable or exc.stream_started or attempt >= self.retry.max_retries:
-            return None
-        asked = exc.retry_after if isinstance(exc, errors.UpstreamHTTPError) else None
-        if asked is not None and asked > self.retry.max_wait:
-            return None  # the gateway asks for longer than we may wait: report it instead
-        wait = asked if asked is not None and asked > 0 else self.retry.backoff(attempt)
-        if elapsed + wait > self.retry.budget:
-            return None
-        return wait
-
-    # --- one attempt ----------------------------------------------------------------------
-
-    async def _attempt(self, payload: dict[str, Any], stream: bool, on_event: EventCallback | None) -> ResponseObject:
-        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
-        if stream:
-            headers["Accept"] = "text/event-stream"
-        async with self._http.stream("POST", self._url, json=payload, headers=headers) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise self._http_error(response)
-            content_type = response.headers.get("content-type", "")
-            if stream and "text/event-stream" in content_type:
+        async def read(response: httpx.Response) -> ResponseObject:
+            if use_stream and "text/event-stream" in response.headers.get("content-type", ""):
                 return await self._read_stream(response, on_event)
             await response.aread()
             return self._read_json(response)
+
+        return await self.gateway.post(PATH, {**body, "stream": use_stream}, read, stream=use_stream)
 
     def _read_json(self, response: httpx.Response) -> ResponseObject:
         try:
@@ -171,16 +95,8 @@ class ResponsesClient:
                 f"the reply is not JSON (HTTP {response.status_code}, starts {response.text[:80]!r})"
             ) from exc
         if is_object(data) and "error" in data and data["error"] and "output" not in data:
-            raise self._error_in_body(data["error"], response.status_code)
+            raise self.gateway.error_in_body(data["error"], response.status_code)
         return parse_response(data)
-
-    def _error_in_body(self, error: Any, status: int) -> errors.UpstreamError:
-        message: Any = error.get("message") if is_object(error) else str(error)
-        code: Any = error.get("code") if is_object(error) else None
-        text = f"the gateway answered HTTP {status} with an error: {message}" + (f" [code {code}]" if code else "")
-        if self._is_quota(str(code or ""), str(message or "")):
-            return errors.QuotaExceededError(text, status_code=429, code=str(code) if code else None)
-        return errors.MalformedResponseError(text)
 
     async def _read_stream(self, response: httpx.Response, on_event: EventCallback | None) -> ResponseObject:
         items: dict[int, dict[str, Any]] = {}
@@ -253,51 +169,146 @@ class ResponsesClient:
         elif kind == "response.function_call_arguments.done" and index in items:
             items[index]["arguments"] = data.get("arguments", items[index].get("arguments"))
 
-    # --- the error boundary ---------------------------------------------------------------
+
+# --- the adapter ----------------------------------------------------------------------------
+
+
+def function_tool(spec: FunctionSpec) -> dict[str, Any]:
+    """A function as the Responses API takes it."""
+    return {
+        "type": "function",
+        "name": spec.api_name,
+        "description": spec.description,
+        "parameters": spec.parameters,
+        "strict": spec.strict,
+    }
+
+
+def wire_item(item: Item) -> dict[str, Any] | None:
+    """How a neutral item is sent as Responses input, or None to leave it out."""
+    if isinstance(item, Message):
+        if item.role == "user":
+            return {"type": "message", "role": "user", "content": item.text}
+        if not item.text:
+            return None
+        content: list[dict[str, Any]] = [{"type": "output_text", "text": item.text, "annotations": []}]
+        return {"type": "message", "role": "assistant", "content": content}
+    if isinstance(item, FunctionCall):
+        return item.model_dump(exclude_none=True)
+    if isinstance(item, FunctionOutput):
+        return item.model_dump()
+    # Without encrypted_content a reasoning item can only be found by id, which store:false forbids.
+    return dict(item.wire) if item.wire.get("encrypted_content") else None
+
+
+def neutral_item(item: dict[str, Any]) -> Item | None:
+    """A Responses output item in neutral form, or None for what cannot be replayed (hosted tool calls)."""
+    kind = item.get("type")
+    if kind == "function_call":
+        return FunctionCall.model_validate({k: item[k] for k in ("call_id", "name", "arguments", "id") if k in item})
+    if kind == "message":
+        parts: object = item.get("content")
+        texts: list[str] = []
+        for part in parts if is_array(parts) else []:
+            if is_object(part) and part.get("type") == "output_text":
+                texts.append(str(part.get("text", "")))
+            elif is_object(part) and part.get("type") == "refusal":
+                texts.append(f"[refusal] {part.get('refusal', '')}")
+        return Message(role="assistant", text="".join(texts))
+    if kind == "reasoning":
+        return Reasoning(wire=dict(item))
+    return None  # hosted tool items (web_search_call, ...) are not replayable without storage
+
+
+def _strict_format(schema: dict[str, Any]) -> bool:
+    try:
+        return strictify(schema) == schema
+    except (StrictSchemaError, RecursionError):
+        return False
+
+
+@dataclass
+class ResponsesModel:
+    """The ``Model`` adapter for ``POST /responses``: neutral request in, neutral response out."""
+
+    client: ResponsesClient
+    conversation_mode: Literal["replay", "previous_response_id"] = "replay"
+    api: Literal["responses"] = "responses"
+
+    def build(self, request: ModelRequest) -> dict[str, Any]:
+        """The wire body for one turn."""
+        stored = self.conversation_mode == "previous_response_id"
+        body: dict[str, Any] = {"model": request.model, "parallel_tool_calls": request.parallel_tool_calls}
+        items = request.items
+        if stored and request.previous_response_id:
+            body["previous_response_id"] = request.previous_response_id
+            items = items[request.new_from :]
+        body["input"] = [w for w in (wire_item(i) for i in items) if w is not None]
+        body["store"] = stored
+        if request.instructions:
+            body["instructions"] = request.instructions
+        tools = [function_tool(t) for t in request.tools]
+        if request.web_search:
+            tools.append({"type": "web_search"})
+        if tools:
+            body["tools"] = tools
+            choice = request.tool_choice
+            body["tool_choice"] = (
+                choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
+            )
+        if request.reasoning_effort:
+            body["reasoning"] = {"effort": request.reasoning_effort}
+        reasoning = request.reasoning_effort is not None or bool(_REASONING_MODEL.match(request.model))
+        if reasoning and not stored:
+            body["include"] = ["reasoning.encrypted_content"]
+        if request.response_format is not None:
+            schema = request.response_format
+            body["text"] = {
+                "format": {"type": "json_schema", "name": "result", "schema": schema, "strict": _strict_format(schema)}
+            }
+        if request.max_output_tokens:
+            body["max_output_tokens"] = request.max_output_tokens
+        if request.metadata:
+            body["metadata"] = request.metadata
+        return body
+
+    async def respond(self, request: ModelRequest, on_event: OnEvent | None = None) -> ModelResponse:
+        async def heard(kind: str, data: dict[str, Any]) -> None:
+            if on_event is None:
+                return
+            if kind in ("response.content_part.added", "response.output_text.delta"):
+                await on_event(StreamEvent("text"))
+            elif kind == "response.output_item.added":
+                item: object = data.get("item")
+                if is_object(item) and item.get("type") == "function_call":
+                    await on_event(StreamEvent("function_call", str(item.get("name"))))
+
+        reply = await self.client.create(self.build(request), on_event=heard)
+        return self.neutral(reply)
 
     @staticmethod
-    def _is_quota(code: str, message: str) -> bool:
-        text = f"{code} {message}".lower()
-        return any(word in text for word in _QUOTA_WORDS)
+    def neutral(reply: ResponseObject) -> ModelResponse:
+        reply.function_calls()  # raises MalformedResponseError for a call without call_id, name or arguments
+        output = [n for n in (neutral_item(i) for i in reply.output) if n is not None]
+        response = ModelResponse(api="responses", output=output, id=reply.id, model=reply.model)
+        if reply.usage is not None:
+            u = reply.usage
+            response.usage = TokenUsage(
+                input_tokens=u.input_tokens or 0,
+                output_tokens=u.output_tokens or 0,
+                cached_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
+                reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0) if u.output_tokens_details else 0,
+            )
+        if reply.status == "failed":
+            error = reply.error or {}
+            response.status = "failed"
+            response.error = f"the model's response failed: {error.get('message', 'no reason given')}" + (
+                f" [code {error['code']}]" if error.get("code") else ""
+            )
+        elif reply.status == "incomplete":
+            response.status = "incomplete"
+            response.incomplete_reason = str((reply.incomplete_details or {}).get("reason", "unknown"))
+        return response
 
-    def _http_error(self, response: httpx.Response) -> errors.UpstreamHTTPError:
-        status = response.status_code
-        raw = response.text
-        message, code, type_ = raw.strip()[:500] or response.reason_phrase, None, None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if is_object(data) and is_object(err := data.get("error")):
-            message = str(err.get("message") or message)
-            code = str(err["code"]) if err.get("code") not in (None, "") else None
-            type_ = str(err["type"]) if err.get("type") else None
-        elif is_object(data) and isinstance(data_message := data.get("message"), str):
-            message = data_message
-        message, request_id = _strip_request_id(mask(message, [self._api_key]))
-        request_id = request_id or response.headers.get("x-request-id")
-        kwargs: dict[str, Any] = {
-            "status_code": status,
-            "code": code,
-            "type": type_,
-            "request_id": request_id,
-            "retry_after": parse_retry_after(response.headers),
-        }
-        cls: type[errors.UpstreamHTTPError]
-        if status == 401:
-            cls = errors.AuthenticationError
-        elif status == 403:
-            cls = errors.PermissionDeniedError
-        elif status == 404:
-            cls = errors.NotFoundError
-        elif status == 429:
-            cls = errors.QuotaExceededError if self._is_quota(code or "", message) else errors.RateLimitError
-        elif status in (408, 409) or status >= 500:
-            cls = errors.ServerError
-        else:
-            cls = errors.BadRequestError
-        error = cls(message, **kwargs)
-        should_retry = response.headers.get("x-should-retry")
-        if should_retry in ("true", "false"):
-            error.retryable = should_retry == "true"
-        return error
+
+__all__ = ["PATH", "ResponsesClient", "ResponsesModel", "RetryPolicy", "function_tool", "parse_retry_after"]

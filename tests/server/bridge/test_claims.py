@@ -15,6 +15,7 @@ from mcp import Client, StdioServerParameters
 
 from server.standin import Faults, StandIn
 from server.store.sqlite import SQLiteStore
+from server.upstream.model import Message
 from tests.conftest import FAKE_KEY
 from tests.helpers import script, spawned
 
@@ -69,7 +70,8 @@ async def test_two_servers_racing_to_continue_one_conversation_run_it_once(stand
     stored = await store.get(conversation_id)
     await store.aclose()
     assert stored is not None and stored.owner is None and stored.conversation.turns == 2
-    assert [i["content"] for i in stored.conversation.items if i.get("role") == "user"] == ["hello", "and again"]
+    users = [i.text for i in stored.conversation.items if isinstance(i, Message) and i.role == "user"]
+    assert users == ["hello", "and again"]
 
 
 async def test_a_conversation_of_a_killed_server_is_continued_once_its_lease_expires(

@@ -1,27 +1,24 @@
-"""The loop with scripted toolsets: concurrency, the concurrency cap, timeouts and failures."""
+"""The loop with a scripted model and scripted toolsets: concurrency, the cap, timeouts, failures, and
+what each turn sends the model."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from mcp.types import CallToolResult, TextContent
 
 from server.bridge.conversation import Conversation, Options
 from server.bridge.loop import Loop, LoopLimits, Offer
-from server.standin import StandIn
 from server.toolsets.base import OfferedTool
-from server.upstream.responses import ResponsesClient
+from server.upstream.model import FunctionCall, FunctionOutput, Message, ModelResponse
 from server.upstream.translation import NameMap, to_function_tool
-from tests.conftest import FAKE_KEY
+from tests.helpers import ScriptedModel
 
 pytestmark = pytest.mark.anyio
 
 NAMES = [f"probe_{i}" for i in range(16)]
-PROMPT = "run " + " ".join(NAMES)
 
 
 class Scripted:
@@ -58,30 +55,29 @@ class GatedRunner(Scripted):
         return CallToolResult(content=[TextContent(type="text", text=f"{name} ok")])
 
 
-@pytest.fixture
-async def upstream(standin: StandIn) -> AsyncIterator[ResponsesClient]:
-    async with httpx.AsyncClient() as http:
-        yield ResponsesClient(http, base_url=standin.base_url, api_key=FAKE_KEY)
-
-
-def conversation(prompt: str = PROMPT) -> Conversation:
-    conv = Conversation(options=Options(model="gpt-4.1"))
-    conv.items.append({"type": "message", "role": "user", "content": prompt})
+def conversation(prompt: str = "go", **options: Any) -> Conversation:
+    conv = Conversation(options=Options(model="gpt-4.1", **options))
+    conv.items.append(Message(role="user", text=prompt))
     return conv
 
 
+def all_of(names: list[str]) -> ScriptedModel:
+    """A model that calls every one of ``names`` in its first turn, then answers."""
+    return ScriptedModel([(n, {}) for n in names], "all done")
+
+
 @pytest.mark.parametrize("count", [4, 16])
-async def test_a_turns_calls_run_at_the_same_time(upstream: ResponsesClient, count: int) -> None:
+async def test_a_turns_calls_run_at_the_same_time(count: int) -> None:
     runner = GatedRunner(count)
     names = NAMES[:count]
-    loop = Loop(upstream, offer(names, runner), LoopLimits(concurrency=count))
+    loop = Loop(all_of(names), offer(names, runner), LoopLimits(concurrency=count))
     with anyio.fail_after(10):
-        conv = await loop.run(conversation("run " + " ".join(names)))
+        conv = await loop.run(conversation())
     assert conv.status == "completed" and runner.peak == count
     assert sorted(c.name for c in conv.tool_calls) == sorted(names)
 
 
-async def test_the_concurrency_cap_is_respected(upstream: ResponsesClient) -> None:
+async def test_the_concurrency_cap_is_respected() -> None:
     peak = 0
     active = 0
 
@@ -94,22 +90,72 @@ async def test_the_concurrency_cap_is_respected(upstream: ResponsesClient) -> No
             active -= 1
             return CallToolResult(content=[TextContent(type="text", text="ok")])
 
-    loop = Loop(upstream, offer(NAMES[:8], Counting()), LoopLimits(concurrency=3))
-    conv = await loop.run(conversation("run " + " ".join(NAMES[:8])))
+    loop = Loop(all_of(NAMES[:8]), offer(NAMES[:8], Counting()), LoopLimits(concurrency=3))
+    conv = await loop.run(conversation())
     assert conv.status == "completed" and peak == 3
 
 
-async def test_a_hung_tool_times_out_and_a_raising_tool_is_reported(upstream: ResponsesClient) -> None:
+async def test_a_hung_tool_times_out_and_a_raising_tool_is_reported() -> None:
     class Bad(Scripted):
         async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
             if name == "probe_0":
                 await anyio.sleep_forever()
             raise RuntimeError("disk on fire")
 
-    loop = Loop(upstream, offer(NAMES[:2], Bad()), LoopLimits(call_timeout=0.2))
+    loop = Loop(all_of(NAMES[:2]), offer(NAMES[:2], Bad()), LoopLimits(call_timeout=0.2))
     with anyio.fail_after(10):
-        conv = await loop.run(conversation("run probe_0 probe_1"))
+        conv = await loop.run(conversation())
     outputs = {c.name: c.output for c in conv.tool_calls}
     assert "did not finish within 0.2 s" in outputs["probe_0"]
     assert "disk on fire" in outputs["probe_1"]
     assert conv.status == "completed" and not any(c.ok for c in conv.tool_calls)
+
+
+class Echo(Scripted):
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        return CallToolResult(content=[TextContent(type="text", text=f"{name}({arguments})")])
+
+
+async def test_each_turn_sends_the_history_with_every_call_answered() -> None:
+    model = ScriptedModel([("probe_0", {"x": 1}), ("probe_1", {})], [("probe_0", {})], "the end")
+    conv = await Loop(model, offer(NAMES[:2], Echo())).run(conversation("hello", instructions="be brief"))
+    assert conv.status == "completed" and conv.text == "the end" and conv.turns == 3
+    assert conv.api == "responses" and conv.usage.input_tokens == 30 and conv.usage.total_tokens == 45
+    second = model.requests[1]
+    assert second.instructions == "be brief" and [t.api_name for t in second.tools] == NAMES[:2]
+    kinds = [type(i).__name__ for i in second.items]
+    assert kinds == ["Message", "FunctionCall", "FunctionCall", "FunctionOutput", "FunctionOutput"]
+    calls = [i for i in second.items if isinstance(i, FunctionCall)]
+    outputs = [i for i in second.items if isinstance(i, FunctionOutput)]
+    assert [o.call_id for o in outputs] == [c.call_id for c in calls]
+    assert "probe_0({'x': 1})" in outputs[0].output
+    assert second.new_from == 3  # the outputs are what the last response has not seen
+
+
+async def test_an_unknown_function_and_bad_arguments_go_back_to_the_model_as_errors() -> None:
+    model = ScriptedModel([("nope", {}), ("probe_0", {})], "ok")
+    strict = Offer(names=NameMap.build(["probe_0"]))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    strict.add(
+        to_function_tool("probe_0", "p", schema, "probe_0"),
+        OfferedTool(name="probe_0", description="p", input_schema=schema, owner=Echo(), owner_name="probe_0"),
+    )
+    conv = await Loop(model, strict).run(conversation())
+    outputs = [i.output for i in model.requests[1].items if isinstance(i, FunctionOutput)]
+    assert "there is no tool named 'nope'" in outputs[0]
+    assert "invalid arguments for probe_0" in outputs[1] and "'n' is a required property" in outputs[1]
+    assert conv.status == "completed" and not any(c.ok for c in conv.tool_calls)
+
+
+class Cut(ScriptedModel):
+    async def respond(self, request: Any, on_event: Any = None) -> ModelResponse:
+        self.requests.append(request)
+        call = FunctionCall(call_id="c1", name="probe_0", arguments='{"x": ')
+        return ModelResponse(api="chat", status="incomplete", incomplete_reason="max_output_tokens", output=[call])
+
+
+async def test_a_cut_turn_is_incomplete_and_its_calls_are_answered_not_run() -> None:
+    conv = await Loop(Cut(), offer(NAMES[:1], Echo())).run(conversation())
+    assert conv.status == "incomplete" and conv.api == "chat" and not conv.tool_calls
+    assert "incomplete (max_output_tokens)" in conv.notes[0]
+    assert isinstance(conv.items[-1], FunctionOutput) and "not run" in conv.items[-1].output

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextContent, TextResourceContents
 
 from server.standin.app import RequestError, check_tools
+from server.upstream.responses import function_tool
+from server.upstream.schemas import StrictSchemaError, strictify
 from server.upstream.translation import (
     ArgumentError,
     NameMap,
-    StrictSchemaError,
     UnsupportedToolError,
     parse_arguments,
     result_to_output,
-    strictify,
     to_function_tool,
 )
 
@@ -51,8 +51,8 @@ def test_names_are_made_valid_reversibly_and_without_collisions() -> None:
 
 def test_key4u_example_schemas_become_strict_with_optional_parameters_nullable() -> None:
     spec = to_function_tool("random_generator", "Generate", RANDOM, "random_generator")
-    assert spec.strict and spec.tool["strict"] is True
-    params = spec.tool["parameters"]
+    assert spec.strict and spec.strict is True
+    params = spec.parameters
     assert params["additionalProperties"] is False
     assert params["required"] == ["min", "max", "count"]
     assert params["properties"]["min"]["type"] == ["integer", "null"]
@@ -63,7 +63,7 @@ def test_key4u_example_schemas_become_strict_with_optional_parameters_nullable()
 def test_zero_argument_tool_is_a_strict_empty_object() -> None:
     spec = to_function_tool("system_info", "", {"type": "object"}, "system_info")
     assert spec.strict
-    assert spec.tool["parameters"] == {
+    assert spec.parameters == {
         "type": "object",
         "properties": {},
         "required": [],
@@ -84,9 +84,9 @@ def test_zero_argument_tool_is_a_strict_empty_object() -> None:
 )
 def test_schemas_strict_mode_cannot_express_fall_back_to_strict_false(schema: dict[str, Any], reason: str) -> None:
     spec = to_function_tool("t", "", schema, "t")
-    assert spec.tool["strict"] is False and not spec.strict
+    assert spec.strict is False and not spec.strict
     assert spec.strict_error is not None and re.search(reason, spec.strict_error)
-    assert spec.tool["parameters"]["type"] == "object"
+    assert spec.parameters["type"] == "object"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_refs_defs_oneof_const_and_single_allof_are_normalised() -> None:
     }
     spec = to_function_tool("t", "", schema, "t")
     assert spec.strict, spec.strict_error
-    props = spec.tool["parameters"]["properties"]
+    props = spec.parameters["properties"]
     assert props["unit"]["enum"] == ["c", "f"] and props["unit"]["description"] == "units"
     assert props["mode"]["anyOf"] == [{"enum": ["fast"]}, {"enum": ["slow"]}]
     assert props["name"]["type"] == "string" and "maxLength 10" in props["name"]["description"]
@@ -208,11 +208,11 @@ def test_any_schema_becomes_a_valid_function_tool_or_a_clear_strict_false(schema
     except UnsupportedToolError as exc:
         assert "must be an object schema" in str(exc)
         return
-    assert isinstance(spec.tool["strict"], bool)
-    assert spec.tool["parameters"]["type"] == "object"
+    assert isinstance(spec.strict, bool)
+    assert spec.parameters["type"] == "object"
     if spec.strict:
         # What we call strict, the stand-in's copy of the endpoint's checks accepts.
-        check_tools([spec.tool])
+        check_tools([function_tool(spec)])
         assert strictify(spec.schema)  # deterministic
     else:
         assert spec.strict_error
