@@ -1,8 +1,10 @@
-"""An offline stand-in of the ``/v1/responses`` endpoint: a real HTTP server on loopback.
+"""An offline stand-in of an OpenAI-compatible gateway: a real HTTP server on loopback.
 
-It speaks the wire format of OpenAI's Responses API (plain JSON and SSE streams), checks
-requests the way the real endpoint does, and answers deterministically, labelling every
-answer as its own (see ``model``). ``Faults`` switches on gateway misbehaviour for tests.
+It speaks the wire formats of OpenAI's Responses API (``/v1/responses``) and Chat Completions
+(``/v1/chat/completions``), plain JSON and SSE streams, checks requests the way the real
+endpoints do, and answers deterministically, labelling every answer as its own (see ``model``).
+``Faults`` switches on gateway misbehaviour and gateway personalities (no Responses route, or
+Responses only for some models) for tests.
 
     with StandIn() as upstream:
         client = OpenAI(base_url=upstream.base_url, api_key="anything")
@@ -42,6 +44,11 @@ class StandIn(ThreadedServer):
     def requests(self) -> list[dict[str, Any]]:
         """Bodies of the requests received, oldest first."""
         return self.state.requests
+
+    @property
+    def paths(self) -> list[str]:
+        """Paths (``/v1/responses``, ``/v1/chat/completions``) of the requests past the key check, oldest first."""
+        return self.state.paths
 
     def start(self) -> StandIn:
         super().start()
