@@ -57,44 +57,58 @@ class Row:
 
 
 async def overhead(tmp: Path, pairs: int = 60) -> list[Row]:
-    """A key4u_respond turn over stdio minus a direct httpx POST of the same request."""
-    with standin_process() as (base_url, _):
-        env = bridge_env(base_url, tmp, KEY4U_STREAM="false")
+    """A key4u_respond turn over stdio minus a direct httpx POST of the same request, for each model API."""
+    floor = await _bare_round_trip(pairs)
+    rows: list[Row] = []
+    for api in ("responses", "chat"):
+        added, bridge, direct = await _overhead(tmp, api, pairs)
+        rows.append(
+            Row(
+                f"Overhead per turn over {api} (key4u_respond over stdio − direct httpx POST)",
+                added.fmt(),
+                "≤ 2 ms at the median",
+                added.median <= 2.0,
+                f"bridge {bridge.fmt()}; direct POST {direct.fmt()}; for scale, one trivial "
+                f"tool call to a bare mcp server over stdio takes {floor.fmt()}",
+            )
+        )
+    return rows
+
+
+async def _overhead(tmp: Path, api: str, pairs: int) -> tuple[Any, Any, Any]:
+    messages = [{"role": "user", "content": "hello"}]
+    if api == "chat":
+        path, body = "/chat/completions", {"model": "gpt-4.1", "messages": messages, "stream": False}
+    else:
+        path = "/responses"
         body = {
             "model": "gpt-4.1",
-            "input": [{"type": "message", "role": "user", "content": "hello"}],
+            "input": [{"type": "message", **messages[0]}],
             "parallel_tool_calls": True,
             "store": False,
             "stream": False,
         }
+    with standin_process() as (base_url, _):
+        env = bridge_env(base_url, tmp, KEY4U_STREAM="false", KEY4U_API_STYLE=api)
         headers = {"Authorization": f"Bearer {KEY}"}
         async with stdio_bridge(env) as (client, _), httpx.AsyncClient() as http:
             for _ in range(10):  # warm both paths
                 await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
-                await http.post(f"{base_url}/responses", json=body, headers=headers)
-            bridge, direct, diffs = [], [], []
+                await http.post(f"{base_url}{path}", json=body, headers=headers)
+            bridge: list[float] = []
+            direct: list[float] = []
+            diffs: list[float] = []
             for _ in range(pairs):
                 t0 = time.perf_counter()
                 result = await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
                 t1 = time.perf_counter()
-                reply = await http.post(f"{base_url}/responses", json=body, headers=headers)
+                reply = await http.post(f"{base_url}{path}", json=body, headers=headers)
                 t2 = time.perf_counter()
                 assert not result.is_error and reply.status_code == 200
                 bridge.append((t1 - t0) * 1000)
                 direct.append((t2 - t1) * 1000)
                 diffs.append(bridge[-1] - direct[-1])
-    floor = await _bare_round_trip(pairs)
-    added = spread(diffs)
-    return [
-        Row(
-            "Overhead per turn (key4u_respond over stdio − direct httpx POST)",
-            added.fmt(),
-            "≤ 2 ms at the median",
-            added.median <= 2.0,
-            f"bridge {spread(bridge).fmt()}; direct POST {spread(direct).fmt()}; for scale, one trivial "
-            f"tool call to a bare mcp server over stdio takes {floor.fmt()}",
-        )
-    ]
+    return spread(diffs), spread(bridge), spread(direct)
 
 
 async def _bare_round_trip(calls: int) -> Any:

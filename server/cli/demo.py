@@ -99,7 +99,14 @@ class Demo:
             async with Client(server_parameters(env), mode="legacy") as client:
                 await self._list_tools(client)
                 await self._local_tools(client)
-                await self._respond(client)
+                used = await self._respond(client, "2. The Key4U parallel tool call example through key4u_respond:")
+                other = "chat" if used != "chat" else "responses"
+                await self._respond(
+                    client,
+                    f"3. The same example over the other model API (api={other!r}):",
+                    api=other,
+                    required=not self.settings.has_key,  # a real gateway may serve only one API for this model
+                )
         out(f"\nTotal time {time.perf_counter() - started:.2f} s. Upstream: {upstream}")
         if self.failures:
             out(f"FAILED: {'; '.join(self.failures)}")
@@ -125,25 +132,29 @@ class Demo:
             for line in _text(result).splitlines():
                 self.out(f"    {line}")
 
-    async def _respond(self, client: Client) -> None:
+    async def _respond(self, client: Client, title: str, *, api: str | None = None, required: bool = True) -> str:
+        """Run the example once; returns the model API the bridge used."""
         out = self.out
-        out("\n2. The Key4U parallel tool call example through key4u_respond:")
+        out(f"\n{title}")
         out("  Prompt: " + KEY4U_PROMPT.replace("\n", "\n          "))
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             out(f"  ... {message}")
 
+        arguments: dict[str, Any] = {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}}
+        if api is not None:
+            arguments["api"] = api
         t0 = time.perf_counter()
-        result = await client.call_tool(
-            "key4u_respond", {"prompt": KEY4U_PROMPT, "metadata": {"model_id": "32"}}, progress_callback=on_progress
-        )
+        result = await client.call_tool("key4u_respond", arguments, progress_callback=on_progress)
         wall = (time.perf_counter() - t0) * 1000
         data: dict[str, Any] = result.structured_content or {}
         if result.is_error or data.get("status") != "completed":
-            self.failures.append(f"key4u_respond ended with status {data.get('status', 'error')}")
-            out(f"\n  key4u_respond failed:\n    {_text(result)}")
-            return
+            if required:
+                self.failures.append(f"key4u_respond ended with status {data.get('status', 'error')}")
+            out(f"\n  key4u_respond {'failed' if required else 'is not available this way'}:\n    {_text(result)}")
+            return str(data.get("api") or "")
         self._account(data, wall)
+        return str(data.get("api") or "")
 
     def _account(self, data: dict[str, Any], wall_ms: float) -> None:
         out = self.out
@@ -175,8 +186,9 @@ class Demo:
         out("\n  Final answer:")
         for line in data["text"].splitlines():
             out(f"    {line}")
+        route = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}.get(data.get("api") or "", "?")
         out(
-            f"\n  Model (as reported): {data['model']} · turns {data['turns']} · "
+            f"\n  Model (as reported): {data['model']} · API {route} · turns {data['turns']} · "
             f"tokens in {usage['input_tokens']} (cached {usage['cached_tokens']}) / out {usage['output_tokens']} "
             f"(reasoning {usage['reasoning_tokens']}) · {wall_ms:.0f} ms"
         )

@@ -1,12 +1,15 @@
-"""``key4u-mcp doctor``: does this gateway, key and model support what the bridge needs?"""
+"""``key4u-mcp doctor``: does this gateway, key and model support what the bridge needs?
+
+For each model it tries both APIs (plain, streaming, function calling) through the same adapters
+the bridge uses, says which one the bridge will use, and tells a chat-only gateway from a wrong base URL.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -16,16 +19,24 @@ from server import errors
 from server.config import Settings
 from server.logs import mask
 from server.toolsets.hub import Hub, load_hub_config
-from server.upstream.responses import ResponsesClient, RetryPolicy
-from server.upstream.wire import ResponseObject
+from server.upstream.chat import ChatClient, ChatModel
+from server.upstream.gateway import RetryPolicy, route_not_served
+from server.upstream.model import Message, Model, ModelRequest, ModelResponse
+from server.upstream.responses import ResponsesClient, ResponsesModel
+from server.upstream.translation import to_function_tool
 
-PROBE_TOOL: dict[str, Any] = {
-    "type": "function",
-    "name": "get_magic_number",
-    "description": "Returns the magic number. Call it when asked for the magic number.",
-    "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": False},
-    "strict": True,
-}
+NO_RETRY = RetryPolicy(max_retries=0)
+
+PROBE = to_function_tool(
+    "get_magic_number",
+    "Returns the magic number. Call it when asked for the magic number.",
+    {"type": "object", "properties": {}},
+    "get_magic_number",
+)
+WRONG_BASE = (
+    "neither route exists here: KEY4U_BASE_URL is probably wrong; it must be the gateway's OpenAI-compatible "
+    "base (e.g. https://api.key4u.shop/v1)"
+)
 
 
 @dataclass
@@ -43,13 +54,8 @@ def masked(key: str) -> str:
 
 
 def advice(exc: errors.UpstreamError, model: str) -> str:
-    if isinstance(exc, errors.NotFoundError):
-        if exc.code == "model_not_found" or "model" in exc.message.lower():
-            return f"the gateway does not offer model {model!r} to this key: set KEY4U_MODEL to one it lists"
-        return (
-            "this gateway has no /v1/responses route (one-api and older gateways only have /v1/chat/completions): "
-            "use a gateway that supports the Responses API, or check KEY4U_BASE_URL ends in /v1"
-        )
+    if isinstance(exc, errors.NotFoundError) and (exc.code == "model_not_found" or "model" in exc.message.lower()):
+        return f"the gateway does not offer model {model!r} to this key: set KEY4U_MODEL to one it lists"
     if isinstance(exc, errors.AuthenticationError):
         return "the key was rejected: copy it again from the gateway console into KEY4U_API_KEY"
     return exc.hint or "see the error"
@@ -71,7 +77,7 @@ class Doctor:
     def add(self, name: str, ok: bool, detail: str, fix: str = "") -> None:
         self.checks.append(Check(name, ok, mask(detail, self.settings.secrets()), fix))
 
-    async def run(self) -> list[Check]:
+    async def run(self, models: list[str] | None = None) -> list[Check]:
         s = self.settings
         parts = urlsplit(s.base_url)
         self.add(
@@ -85,13 +91,51 @@ class Doctor:
             return self.checks
         key = s.api_key.get_secret_value()
         self.add("API key", True, masked(key))
-        client = ResponsesClient(self.http, base_url=s.base_url, api_key=key, retry=RetryPolicy(max_retries=0))
         await self._models(key)
-        if not await self._probe("/v1/responses, plain JSON", client, stream=False, store=False):
-            return self.checks
-        await self._probe("/v1/responses, streaming", client, stream=True, store=False)
-        await self._function_calling(client)
+        for model in models or [s.model]:
+            await self._model(model, key)
         return self.checks
+
+    async def _model(self, model: str, key: str) -> None:
+        """Both APIs for ``model``: plain, streaming, function calling; then which one the bridge uses."""
+
+        base = self.settings.base_url
+
+        def responses(stream: bool) -> Model:
+            return ResponsesModel(ResponsesClient(self.http, base_url=base, api_key=key, stream=stream, retry=NO_RETRY))
+
+        def chat(stream: bool) -> Model:
+            return ChatModel(ChatClient(self.http, base_url=base, api_key=key, stream=stream, retry=NO_RETRY))
+
+        adapters: dict[str, Callable[[bool], Model]] = {"/v1/responses": responses, "/v1/chat/completions": chat}
+        refused: dict[str, errors.UpstreamError] = {}
+        for route, make in adapters.items():
+            failure = await self._probe(f"{model} {route}", make(False), model)
+            if failure is not None:
+                refused[route] = failure
+                continue
+            await self._probe(f"{model} {route}, streaming", make(True), model)
+            await self._function_calling(f"{model} {route}, function calling", make(True), model)
+        self._verdict(model, refused)
+
+    def _verdict(self, model: str, refused: dict[str, errors.UpstreamError]) -> None:
+        responses, chat = refused.get("/v1/responses"), refused.get("/v1/chat/completions")
+        name = f"{model}: the bridge uses"
+        if responses is None:
+            self.add(name, True, "/v1/responses" + (" (chat completions works too)" if chat is None else ""))
+        elif chat is None and route_not_served(responses):
+            self.add(name, True, "/v1/chat/completions (this gateway's /v1/responses does not serve this model)")
+        elif chat is None:
+            self.add(
+                name,
+                False,
+                f"nothing in auto mode: /v1/responses fails ({responses.summary[:120]})",
+                "set KEY4U_API_STYLE=chat to use /v1/chat/completions, which works",
+            )
+        elif route_not_served(responses) and route_not_served(chat):
+            self.add(name, False, "nothing: neither /v1/responses nor /v1/chat/completions exists", WRONG_BASE)
+        else:
+            self.add(name, False, "nothing: both APIs fail for this model", advice(chat, model))
 
     async def _models(self, key: str) -> None:
         try:
@@ -126,46 +170,50 @@ class Doctor:
                 "the key was rejected" if response.status_code in (401, 403) else "",
             )
 
-    async def _call(self, name: str, call: Callable[[], Awaitable[ResponseObject]]) -> ResponseObject | None:
+    async def _respond(self, name: str, model: Model, request: ModelRequest) -> ModelResponse | errors.UpstreamError:
         t0 = time.perf_counter()
         try:
-            result = await call()
+            response = await model.respond(request)
         except errors.UpstreamError as exc:
-            self.add(name, False, exc.summary[:200], advice(exc, self.settings.model))
-            return None
+            return exc
         self.last_ms = (time.perf_counter() - t0) * 1000
-        return result
+        return response
 
-    async def _probe(self, name: str, client: ResponsesClient, *, stream: bool, store: bool) -> bool:
-        body = {"model": self.settings.model, "input": "Reply with the single word OK.", "store": store}
-        response = await self._call(name, lambda: client.create(body, stream=stream))
-        if response is None:
-            return False
+    async def _probe(self, name: str, model: Model, model_name: str) -> errors.UpstreamError | None:
+        """One small request; the error when it fails (reported, with its fix), else None."""
+        request = ModelRequest(model=model_name, items=[Message(role="user", text="Reply with the single word OK.")])
+        response = await self._respond(name, model, request)
+        if isinstance(response, errors.UpstreamError):
+            not_served = route_not_served(response)
+            detail = response.summary[:200] + (" (this route does not serve it)" if not_served else "")
+            self.add(name, not_served, detail, "" if not_served else advice(response, model_name))
+            return response
+        stateless = "; store:false accepted" if name.endswith("/v1/responses") else ""
         self.add(
             name,
             True,
-            f"{response.status} in {self.last_ms:.0f} ms; model reported as {response.model}; "
-            f"store:false accepted; said {response.text()[:40]!r}",
+            f"{response.status} in {self.last_ms:.0f} ms; model reported as {response.model}{stateless}; "
+            f"said {response.text[:40]!r}",
         )
-        return True
+        return None
 
-    async def _function_calling(self, client: ResponsesClient) -> None:
-        body: dict[str, Any] = {
-            "model": self.settings.model,
-            "input": "What is the magic number?",
-            "tools": [PROBE_TOOL],
-            "tool_choice": "required",
-            "store": False,
-        }
-        response = await self._call("function calling", lambda: client.create(body))
-        if response is None:
+    async def _function_calling(self, name: str, model: Model, model_name: str) -> None:
+        request = ModelRequest(
+            model=model_name,
+            items=[Message(role="user", text="What is the magic number?")],
+            tools=[PROBE],
+            tool_choice="required",
+        )
+        response = await self._respond(name, model, request)
+        if isinstance(response, errors.UpstreamError):
+            self.add(name, False, response.summary[:200], advice(response, model_name))
             return
-        calls = response.function_calls()
-        if calls and calls[0].name == "get_magic_number":
-            self.add("function calling", True, f"the model called get_magic_number (call_id {calls[0].call_id})")
+        calls = response.function_calls
+        if calls and calls[0].name == PROBE.api_name:
+            self.add(name, True, f"the model called get_magic_number (call_id {calls[0].call_id})")
         else:
             self.add(
-                "function calling",
+                name,
                 False,
                 "the model answered without calling the tool",
                 "this model or gateway channel may not support function calling: try another KEY4U_MODEL",
@@ -213,10 +261,11 @@ async def downstream_checks(settings: Settings) -> list[Check]:
     return checks
 
 
-async def run_doctor(settings: Settings) -> int:
-    print(f"key4u-mcp doctor: checking {settings.base_url} with model {settings.model}\n", flush=True)
+async def run_doctor(settings: Settings, models: list[str] | None = None) -> int:
+    names = ", ".join(models or [settings.model])
+    print(f"key4u-mcp doctor: checking {settings.base_url} with model {names}\n", flush=True)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as http:
-        checks = await Doctor(settings, http).run()
+        checks = await Doctor(settings, http).run(models)
     checks += await downstream_checks(settings)
     print(mask(table(checks), settings.secrets()))
     failed = [c for c in checks if not c.ok]
@@ -226,4 +275,4 @@ async def run_doctor(settings: Settings) -> int:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    return anyio.run(run_doctor, settings)
+    return anyio.run(run_doctor, settings, getattr(args, "models", None))

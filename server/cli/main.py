@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the server as a subprocess and exercise it through a real MCP client, including the Key4U "
         "parallel tool call example (against the offline stand-in when no API key is set)",
     )
-    commands.add_parser("doctor", help="check that the configured gateway, key and model support the bridge")
+    doctor = commands.add_parser("doctor", help="check that the configured gateway, key and model support the bridge")
+    doctor.add_argument("--model", dest="models", action="append", help="check this model instead (repeat for several)")
     standin = commands.add_parser("stand-in", help="serve the offline stand-in of /v1/responses")
     standin.add_argument("--host", dest="standin_host", default="127.0.0.1", help="address (default 127.0.0.1)")
     standin.add_argument("--port", dest="standin_port", type=int, default=8765, help="port (default 8765; 0: any free)")

@@ -52,20 +52,30 @@ def test_doctor_passes_a_healthy_gateway() -> None:
     with StandIn(api_key=FAKE_KEY) as upstream:
         done = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url})
     assert done.returncode == 0, done.stdout
-    for check in ("plain JSON", "streaming", "function calling", "store:false accepted"):
-        assert check in done.stdout
+    for route in ("/v1/responses", "/v1/chat/completions"):
+        for check in (f"{route}, streaming", f"{route}, function calling"):
+            assert re.search(rf"ok\s+gpt-4.1 {re.escape(check)}", done.stdout), done.stdout
+    assert "store:false accepted" in done.stdout
+    assert re.search(r"ok\s+gpt-4.1: the bridge uses\s+/v1/responses \(chat completions works too\)", done.stdout)
     assert "sk-t…cdef" in done.stdout and FAKE_KEY not in done.stdout + done.stderr
 
 
-def test_doctor_tells_a_missing_route_from_a_rejected_key() -> None:
+def test_doctor_tells_a_chat_only_gateway_from_a_wrong_base_url_and_a_rejected_key() -> None:
     with StandIn(api_key="the-right-key-0000") as upstream:
+        env = {"KEY4U_API_KEY": "the-right-key-0000", "KEY4U_BASE_URL": upstream.base_url}
+        upstream.faults = Faults(responses_route="missing")
+        chat_only = run("doctor", "--model", "gpt-4.1", "--model", "claude-sonnet-4-5", env=env)
         upstream.faults = Faults(status=404)
-        route = run("doctor", env={"KEY4U_API_KEY": "the-right-key-0000", "KEY4U_BASE_URL": upstream.base_url})
+        wrong = run("doctor", env=env)
         upstream.faults = Faults()
         key = run("doctor", env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url})
-    assert route.returncode == 1 and "has no /v1/responses route" in route.stdout
+    assert chat_only.returncode == 0, chat_only.stdout
+    for model in ("gpt-4.1", "claude-sonnet-4-5"):
+        assert re.search(rf"ok\s+{model}: the bridge uses\s+/v1/chat/completions", chat_only.stdout), chat_only.stdout
+    assert "this route does not serve it" in chat_only.stdout
+    assert wrong.returncode == 1 and "KEY4U_BASE_URL is probably wrong" in wrong.stdout, wrong.stdout
     assert key.returncode == 1 and "the key was rejected" in key.stdout and "HTTP 401" in key.stdout
-    assert "no /v1/responses route" not in key.stdout
+    assert "probably wrong" not in key.stdout
     assert FAKE_KEY not in key.stdout + key.stderr
 
 
