@@ -25,6 +25,7 @@ from httpx_sse import EventSource, SSEError
 
 from server import errors
 from server.upstream.gateway import Gateway, RetryPolicy
+from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
     FunctionCall,
     FunctionOutput,
@@ -38,7 +39,6 @@ from server.upstream.model import (
 )
 from server.upstream.schemas import StrictSchemaError, strictify
 from server.upstream.translation import FunctionSpec
-from server.upstream.wire import is_array, is_object
 
 PATH = "/chat/completions"
 _OPENAI_MODEL = re.compile(r"^(gpt-|o\d|chatgpt-|codex)", re.IGNORECASE)

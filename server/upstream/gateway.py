@@ -24,7 +24,7 @@ import httpx
 
 from server import errors
 from server.logs import mask
-from server.upstream.wire import is_object
+from server.upstream.jsonvalues import is_object
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
+from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.translation import FunctionSpec
-from server.upstream.wire import is_array, is_object
 
 ApiStyle = Literal["responses", "chat"]
 Effort = Literal["minimal", "low", "medium", "high"]

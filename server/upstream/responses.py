@@ -20,6 +20,7 @@ from httpx_sse import EventSource, SSEError
 
 from server import errors
 from server.upstream.gateway import Gateway, RetryPolicy, parse_retry_after
+from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
     FunctionCall,
     FunctionOutput,
@@ -34,7 +35,7 @@ from server.upstream.model import (
 )
 from server.upstream.schemas import StrictSchemaError, strictify
 from server.upstream.translation import FunctionSpec
-from server.upstream.wire import ResponseObject, is_array, is_object, parse_response
+from server.upstream.wire import ResponseObject, parse_response
 
 logger = logging.getLogger(__name__)
 

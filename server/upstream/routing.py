@@ -24,9 +24,9 @@ from server import errors
 from server.config import Settings
 from server.upstream.chat import ChatClient, ChatModel
 from server.upstream.gateway import Gateway, RetryPolicy, route_not_served
+from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import ApiStyle, Model, ModelRequest, ModelResponse, OnEvent
 from server.upstream.responses import ResponsesClient, ResponsesModel
-from server.upstream.wire import is_array, is_object
 
 logger = logging.getLogger(__name__)
 

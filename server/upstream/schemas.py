@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from server.upstream.wire import is_array, is_object
+from server.upstream.jsonvalues import is_array, is_object
 
 MAX_DEPTH = 10
 MAX_PROPERTIES = 5000

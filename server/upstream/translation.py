@@ -27,8 +27,8 @@ from mcp.types import (
     TextResourceContents,
 )
 
+from server.upstream.jsonvalues import is_object
 from server.upstream.schemas import MAX_DEPTH, StrictSchemaError, normalise, resolve_ref, strictify
-from server.upstream.wire import is_object
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")

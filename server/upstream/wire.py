@@ -1,4 +1,4 @@
-"""Lenient models of what the Responses endpoint sends back.
+"""Lenient models of what the Responses endpoint sends back (the Responses adapter's wire side).
 
 Gateways add, drop and rename fields, so every model allows extras and defaults what it
 can; raw output items are kept as dicts so they can be replayed verbatim. Only what the
@@ -8,21 +8,12 @@ bridge acts on is checked: ``status``, and that each ``function_call`` has strin
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.errors import MalformedResponseError
-
-
-def is_object(value: object) -> TypeGuard[dict[str, Any]]:
-    """True for a decoded JSON object (a dict: JSON object keys are strings)."""
-    return isinstance(value, dict)
-
-
-def is_array(value: object) -> TypeGuard[list[Any]]:
-    """True for a decoded JSON array."""
-    return isinstance(value, list)
+from server.upstream.jsonvalues import is_object
 
 
 class _Lenient(BaseModel):

@@ -3,6 +3,8 @@ what each turn sends the model."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import anyio
@@ -159,3 +161,17 @@ async def test_a_cut_turn_is_incomplete_and_its_calls_are_answered_not_run() -> 
     assert conv.status == "incomplete" and conv.api == "chat" and not conv.tool_calls
     assert "incomplete (max_output_tokens)" in conv.notes[0]
     assert isinstance(conv.items[-1], FunctionOutput) and "not run" in conv.items[-1].output
+
+
+def test_the_bridge_imports_no_wire_module() -> None:
+    """The loop and the bridge speak the neutral interface only: no adapter, wire model or HTTP client."""
+    code = (
+        "import sys, server.bridge.service, server.bridge.jobs; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('server.upstream.', 'httpx'))))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    wire = {"server.upstream.wire", "server.upstream.responses", "server.upstream.chat", "server.upstream.gateway"}
+    assert not loaded & wire and "httpx" not in loaded
+    assert "server.upstream.model" in loaded
