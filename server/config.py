@@ -105,6 +105,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
         description="Cap on the text key4u_respond returns (hosts cap tool results).",
     )
+    max_reply_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=64 * 1024,
+        validation_alias=AliasChoices("KEY4U_MAX_REPLY_BYTES", "max_reply_bytes"),
+        description="Largest reply read from the gateway; a larger one is refused.",
+    )
+    turn_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        validation_alias=AliasChoices("KEY4U_TURN_TIMEOUT", "turn_timeout"),
+        description="Longest time for one model reply, however the gateway streams it.",
+    )
     api_style: Literal["auto", "responses", "chat"] = Field(
         default="auto",
         validation_alias=AliasChoices("KEY4U_API_STYLE", "api_style"),

@@ -139,7 +139,7 @@ UPSTREAM_ROWS: list[tuple[str, Faults, dict[str, Any], str, str, int | None]] = 
     ("500", Faults(status=500), {}, "failed", "HTTP 500", 2),
     ("502", Faults(status=502), {}, "failed", "HTTP 502", 2),
     ("503", Faults(status=503), {}, "failed", "HTTP 503", 2),
-    ("reset mid-stream", Faults(reset_stream_after=3), {}, "failed", "stream broke", 1),
+    ("reset mid-stream", Faults(reset_stream_after=3), {}, "failed", "closed mid-reply", 1),
     ("stream without terminal event", Faults(cut_stream_after=3), {}, "failed", "without a terminal event", 1),
     (": PING and [DONE]", Faults(ping=True, done_marker=True, no_event_lines=True), {}, "completed", "", 1),
     ("malformed JSON", Faults(malformed_json=True), {}, "failed", "not JSON", 1),

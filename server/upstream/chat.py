@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from server import errors
-from server.upstream.gateway import Gateway, RetryPolicy
+from server.upstream.gateway import Gateway, ReplyLimits, RetryPolicy, loads, map_http_errors, tokens, unique_ids
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
     FunctionCall,
@@ -160,8 +159,9 @@ class ChatClient:
         api_key: str,
         stream: bool = True,
         retry: RetryPolicy | None = None,
+        limits: ReplyLimits | None = None,
     ) -> None:
-        self.gateway = Gateway(http, base_url=base_url, api_key=api_key, retry=retry)
+        self.gateway = Gateway(http, base_url=base_url, api_key=api_key, retry=retry, limits=limits)
         self.stream = stream
 
     def __repr__(self) -> str:  # never the key
@@ -176,61 +176,50 @@ class ChatClient:
         async def read(response: httpx.Response) -> ChatReply:
             if stream and "text/event-stream" in response.headers.get("content-type", ""):
                 return await self._read_stream(response, on_event)
-            await response.aread()
-            return self._read_json(response)
+            return self._read_json(await self.gateway.body(response), response.status_code)
 
         return await self.gateway.post(PATH, payload, read, stream=stream)
 
-    def _read_json(self, response: httpx.Response) -> ChatReply:
-        try:
-            data: object = response.json()
-        except ValueError as exc:
-            raise errors.MalformedResponseError(
-                f"the reply is not JSON (HTTP {response.status_code}, starts {self.gateway.mask(response.text[:80])!r})"
-            ) from exc
+    def _read_json(self, body: bytes, status: int) -> ChatReply:
+        data = loads(body, f"the reply (HTTP {status})")
         if not is_object(data):
             raise errors.MalformedResponseError("the chat reply is not a JSON object")
         if data.get("error") and "choices" not in data:
-            raise self.gateway.error_in_body(data["error"], response.status_code)
+            raise self.gateway.error_in_body(data["error"], status)
         reply = ChatReply()
         reply.add_message(data)
         return reply
 
     async def _read_stream(self, response: httpx.Response, on_event: OnEvent | None) -> ChatReply:
         reply = ChatReply()
-        chunks = 0
+        events = self.gateway.events(response)
         try:
-            async for sse in EventSource(response).aiter_sse():
-                text = sse.data.strip()
-                if not text:
-                    continue
-                if text == "[DONE]":
-                    break
-                try:
-                    chunk: object = json.loads(text)
-                except ValueError as exc:
-                    raise errors.MalformedResponseError(f"a stream chunk is not JSON: {text[:80]!r}") from exc
-                if not is_object(chunk):
-                    raise errors.MalformedResponseError("a stream chunk is not a JSON object")
-                chunks += 1
-                if is_object(error := chunk.get("error")) or (error and "choices" not in chunk):
-                    detail = error if is_object(error) else {"message": str(error)}
-                    raise errors.StreamError(
-                        self.gateway.mask(str(detail.get("message") or "unknown error")), code=detail.get("code")
-                    )
-                for event in reply.add_chunk(chunk):
-                    if on_event is not None:
-                        await on_event(event)
+            with map_http_errors():
+                async for sse in events:
+                    text = sse.data.strip()
+                    if not text:
+                        continue
+                    if text == "[DONE]":
+                        break
+                    chunk = loads(text, "a stream chunk")
+                    if not is_object(chunk):
+                        raise errors.MalformedResponseError("a stream chunk is not a JSON object")
+                    if is_object(error := chunk.get("error")) or (error and "choices" not in chunk):
+                        detail = error if is_object(error) else {"message": str(error)}
+                        code: object = detail.get("code")
+                        raise errors.StreamError(
+                            self.gateway.clean(str(detail.get("message") or "unknown error")[:2000]),
+                            code=str(code)[:100] if code not in (None, "") else None,
+                        )
+                    for event in reply.add_chunk(chunk):
+                        if on_event is not None:
+                            await on_event(event)
         except errors.UpstreamError as exc:
-            exc.stream_started = chunks > 0
+            exc.stream_started = events.count > 0  # never retry a stream that started: it was billed
             raise
-        except (httpx.TransportError, SSEError) as exc:
-            error = errors.UpstreamConnectionError(f"the stream broke after {chunks} chunk(s): {exc}")
-            error.stream_started = chunks > 0
-            raise error from exc
         if reply.finish_reason is None:
             error = errors.MalformedResponseError(
-                f"the stream ended after {chunks} chunk(s) without a finish_reason: the reply was cut",
+                f"the stream ended after {events.count} chunk(s) without a finish_reason: the reply was cut",
                 hint="the gateway cut the stream, often a gateway timeout or content filter; try again",
             )
             error.stream_started = True
@@ -325,21 +314,24 @@ class ChatModel:
         response.notes = notes + response.notes
         return response
 
-    @staticmethod
-    def neutral(reply: ChatReply) -> ModelResponse:
+    def neutral(self, reply: ChatReply) -> ModelResponse:
+        clean = self.client.gateway.clean
         output: list[Item] = []
         text = "".join(reply.content)
         if text:
-            output.append(Message(role="assistant", text=text))
-        response = ModelResponse(api="chat", output=output, id=reply.id, model=reply.model)
+            output.append(Message(role="assistant", text=clean(text)))
+        model = clean(reply.model) if reply.model else None
+        response = ModelResponse(api="chat", output=output, id=reply.id and clean(reply.id), model=model)
         for index in sorted(reply.calls):
             call = reply.calls[index]
             if not call.name:
                 raise errors.MalformedResponseError(f"tool call {index} in the chat reply has no function name")
             if not call.id:
                 call.id = f"call_{secrets.token_hex(8)}"
-                response.notes.append(f"the gateway sent tool call {call.name} without an id; one was assigned")
-            output.append(FunctionCall(call_id=call.id, name=call.name, arguments="".join(call.arguments)))
+                response.notes.append(f"the gateway sent tool call {clean(call.name)} without an id; one was assigned")
+            arguments = clean("".join(call.arguments))
+            output.append(FunctionCall(call_id=clean(call.id), name=clean(call.name), arguments=arguments))
+        unique_ids(c.call_id for c in response.function_calls)
         response.usage = _usage(reply.usage)
         if reply.finish_reason == "length":
             response.status, response.incomplete_reason = "incomplete", "max_output_tokens"
@@ -354,15 +346,11 @@ def _usage(usage: dict[str, Any] | None) -> TokenUsage | None:
     prompt: object = usage.get("prompt_tokens_details")
     completion: object = usage.get("completion_tokens_details")
     return TokenUsage(
-        input_tokens=_int(usage.get("prompt_tokens")),
-        output_tokens=_int(usage.get("completion_tokens")),
-        cached_tokens=_int(prompt.get("cached_tokens")) if is_object(prompt) else 0,
-        reasoning_tokens=_int(completion.get("reasoning_tokens")) if is_object(completion) else 0,
+        input_tokens=tokens(usage.get("prompt_tokens")),
+        output_tokens=tokens(usage.get("completion_tokens")),
+        cached_tokens=tokens(prompt.get("cached_tokens")) if is_object(prompt) else 0,
+        reasoning_tokens=tokens(completion.get("reasoning_tokens")) if is_object(completion) else 0,
     )
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 __all__ = ["PATH", "ChatClient", "ChatModel", "ChatReply", "function_tool", "is_openai_model", "messages"]

@@ -8,19 +8,21 @@ module never looks inside a successful reply.
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from server import errors
 from server.logs import mask
@@ -42,6 +44,18 @@ _NOT_SERVED_WORDS = re.compile(
 
 
 @dataclass(frozen=True)
+class ReplyLimits:
+    """Bounds on one reply, whatever the gateway sends: size, silence between events, and total time."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    """Largest reply body read; a larger one is refused (memory stays near this bound)."""
+    silence: float = 120.0
+    """Longest wait for the next stream event; keep-alive comments (``: PING``) do not count as events."""
+    total: float = 600.0
+    """Longest time for one reply, from sending the request to its last byte."""
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """When a failed request is tried again: how many times, the longest Retry-After honoured, and a time budget."""
 
@@ -57,13 +71,14 @@ class RetryPolicy:
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait as the reply asks: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date)."""
+    """Seconds to wait as the reply asks: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date),
+    or LiteLLM's ``llm_provider-retry-after`` (the upstream's own header, renamed)."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             return float(ms) / 1000
         except ValueError:
             pass
-    value = headers.get("retry-after")
+    value = headers.get("retry-after") or headers.get("llm_provider-retry-after")
     if value is None:
         return None
     try:
@@ -78,13 +93,25 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 
 @contextmanager
 def map_http_errors() -> Generator[None]:
-    """Translate httpx exceptions into ``server.errors``: nothing above this package sees httpx."""
+    """Translate httpx exceptions into ``server.errors``: nothing above this package sees httpx.
+
+    Each kind gets its own plain account: no connection at all, a reply that stalled, a connection
+    dropped mid-reply, a body that could not be decoded."""
     try:
         yield
+    except httpx.ConnectTimeout as exc:
+        raise errors.UpstreamConnectionError(f"could not connect in time ({type(exc).__name__})") from exc
     except httpx.TimeoutException as exc:
-        raise errors.UpstreamTimeout(f"no reply in time ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
+        raise errors.UpstreamTimeout(f"the gateway stopped sending: no data in time ({type(exc).__name__})") from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
         raise errors.UpstreamConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise errors.UpstreamConnectionError(
+            f"the connection was closed mid-reply ({type(exc).__name__}: {exc})",
+            hint="the gateway or a proxy dropped the connection; try again",
+        ) from exc
+    except httpx.DecodingError as exc:
+        raise errors.MalformedResponseError(f"the reply could not be decoded ({exc})") from exc
 
 
 def is_quota(code: str, message: str) -> bool:
@@ -107,6 +134,112 @@ def route_not_served(exc: errors.UpstreamError) -> bool:
     return exc.code in _NOT_SERVED_CODES or bool(_NOT_SERVED_WORDS.search(exc.message))
 
 
+class _CountedText:
+    """What ``EventSource`` reads of a response (its headers and its text), with the bytes counted so a
+    reply larger than the limit is refused before it is held in memory."""
+
+    def __init__(self, response: httpx.Response, limit: int) -> None:
+        self.headers = response.headers
+        self._response = response
+        self._limit = limit
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        seen = 0
+        async for chunk in self._response.aiter_bytes():
+            seen += len(chunk)
+            if seen > self._limit:
+                raise errors.MalformedResponseError(f"the reply is larger than {self._limit} bytes; it was not read")
+            yield decoder.decode(chunk)
+        yield decoder.decode(b"", final=True)
+
+
+class EventStream:
+    """The events of an SSE reply, bounded: in size (``ReplyLimits.max_bytes``) and in silence between
+    events (``ReplyLimits.silence``: keep-alive comments are not events). ``count`` events so far."""
+
+    def __init__(self, response: httpx.Response, limits: ReplyLimits) -> None:
+        source = EventSource(cast(httpx.Response, _CountedText(response, limits.max_bytes)))
+        self._events = source.aiter_sse()
+        self._silence = limits.silence
+        self.count = 0
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ServerSentEvent:
+        event: ServerSentEvent | None = None
+        with anyio.move_on_after(self._silence):
+            try:
+                event = await self._events.__anext__()
+            except SSEError as exc:
+                raise errors.MalformedResponseError(f"the stream is not valid SSE: {exc}") from exc
+        if event is None:
+            await self._events.aclose()
+            raise errors.UpstreamTimeout(
+                f"the stream stalled: no event for {self._silence:g} s after {self.count} event(s)"
+            )
+        self.count += 1
+        return event
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes:
+    """The whole body of a non-stream reply, refused beyond ``limit`` bytes."""
+    parts: list[bytes] = []
+    seen = 0
+    async for chunk in response.aiter_bytes():
+        seen += len(chunk)
+        if seen > limit:
+            raise errors.MalformedResponseError(f"the reply is larger than {limit} bytes; it was not read")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def loads(data: str | bytes, what: str) -> object:
+    """JSON from the gateway, or ``MalformedResponseError`` (also for nesting too deep to decode)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        preview = data[:80] if isinstance(data, str) else data[:80].decode("utf-8", "replace")
+        raise errors.MalformedResponseError(f"{what} is not JSON ({type(exc).__name__}; starts {preview!r})") from exc
+
+
+def tokens(value: object) -> int:
+    """A token count as gateways send it: an int, a float (some send 12.0), a numeric string; else 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int | float):
+        return max(0, int(value)) if value == value and abs(value) < 1e15 else 0  # NaN and inf are 0
+    if isinstance(value, str):
+        try:
+            return tokens(float(value))
+        except ValueError:
+            return 0
+    return 0
+
+
+def unique_ids(call_ids: Iterable[str]) -> None:
+    """Refuse a turn whose calls share an id: their outputs could not be told apart."""
+    seen: set[str] = set()
+    for call_id in call_ids:
+        if call_id in seen:
+            raise errors.MalformedResponseError(f"two function calls in one reply share the id {call_id[:80]!r}")
+        seen.add(call_id)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 writer accepts) replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _strip_request_id(message: str) -> tuple[str, str | None]:
     marker = " (request id: "
     if marker in message and message.endswith(")"):
@@ -122,17 +255,36 @@ class Gateway:
     error message.
     """
 
-    def __init__(self, http: httpx.AsyncClient, *, base_url: str, api_key: str, retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        retry: RetryPolicy | None = None,
+        limits: ReplyLimits | None = None,
+    ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
+        self.limits = limits or ReplyLimits()
 
     def __repr__(self) -> str:  # never the key
         return f"Gateway(base_url={self.base_url!r})"
 
     def mask(self, text: str) -> str:
         return mask(text, [self._api_key])
+
+    def clean(self, text: str) -> str:
+        """Gateway-written text made safe to store and show: the key masked, lone surrogates replaced."""
+        return scrub(mask(text, [self._api_key]))
+
+    def events(self, response: httpx.Response) -> EventStream:
+        return EventStream(response, self.limits)
+
+    async def body(self, response: httpx.Response) -> bytes:
+        return await read_body(response, self.limits.max_bytes)
 
     async def post(
         self, path: str, payload: dict[str, Any], read: Callable[[httpx.Response], Awaitable[T]], *, stream: bool
@@ -175,11 +327,15 @@ class Gateway:
         self, path: str, payload: dict[str, Any], read: Callable[[httpx.Response], Awaitable[T]], stream: bool
     ) -> T:
         url = self.base_url + path
-        async with self._http.stream("POST", url, json=payload, headers=self._headers(stream=stream)) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise self.http_error(response)
-            return await read(response)
+        with anyio.move_on_after(self.limits.total) as bounded:
+            async with self._http.stream("POST", url, json=payload, headers=self._headers(stream=stream)) as response:
+                if response.status_code >= 400:
+                    raise self.http_error(response, await read_body(response, 1024 * 1024))
+                return await read(response)
+        assert bounded.cancelled_caught
+        error = errors.UpstreamTimeout(f"the reply took longer than {self.limits.total:g} s (KEY4U_TURN_TIMEOUT)")
+        error.stream_started = True  # it may have been billed: not retried
+        raise error
 
     def _retry_wait(self, exc: errors.UpstreamError, attempt: int, elapsed: float) -> float | None:
         if not exc.retryable or exc.stream_started or attempt >= self.retry.max_retries:
@@ -198,20 +354,22 @@ class Gateway:
         """A 2xx reply that carries an error object instead of an answer (a gateway habit)."""
         message: Any = error.get("message") if is_object(error) else str(error)
         code: Any = error.get("code") if is_object(error) else None
-        text = self.mask(
+        text = self.clean(
             f"the gateway answered HTTP {status} with an error: {message}" + (f" [code {code}]" if code else "")
         )
         if is_quota(str(code or ""), str(message or "")):
             return errors.QuotaExceededError(text, status_code=429, code=str(code) if code else None)
         return errors.MalformedResponseError(text)
 
-    def http_error(self, response: httpx.Response) -> errors.UpstreamHTTPError:
+    def http_error(self, response: httpx.Response, body: bytes | None = None) -> errors.UpstreamHTTPError:
+        """The error for a non-2xx reply, from its status, headers and ``body`` (default: the read content)."""
         status = response.status_code
-        raw = response.text
+        content = response.content if body is None else body
+        raw = self.clean(content.decode("utf-8", "replace"))  # masked before anything is cut
         message, code, type_ = raw.strip()[:500] or response.reason_phrase, None, None
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if is_object(data) and is_object(err := data.get("error")):
             message = str(err.get("message") or message)
@@ -219,7 +377,7 @@ class Gateway:
             type_ = str(err["type"]) if err.get("type") else None
         elif is_object(data) and isinstance(data_message := data.get("message"), str):
             message = data_message
-        message, request_id = _strip_request_id(self.mask(message))
+        message, request_id = _strip_request_id(self.clean(message)[:2000])
         request_id = request_id or response.headers.get("x-request-id")
         kwargs: dict[str, Any] = {
             "status_code": status,
@@ -229,7 +387,11 @@ class Gateway:
             "retry_after": parse_retry_after(response.headers),
         }
         cls: type[errors.UpstreamHTTPError]
-        if status == 401:
+        if status == 400 and "no connected db" in message.lower():
+            # LiteLLM without a database answers a wrong key this way.
+            cls = errors.AuthenticationError
+            kwargs["hint"] = "LiteLLM (without a database) rejected the key: check KEY4U_API_KEY"
+        elif status == 401:
             cls = errors.AuthenticationError
         elif status == 403:
             cls = errors.PermissionDeniedError
@@ -247,7 +409,34 @@ class Gateway:
             error.retryable = should_retry == "true"
         if route_not_served(error):
             error.retryable = False  # the same request cannot succeed here: another endpoint may
+        if _gateway_retried(response.headers):
+            error.retryable = False  # the gateway already retried: ours would multiply its attempts
+        if status == 429 and re.search(r"no deployments available|cooldown", message, re.IGNORECASE):
+            error.hint = "the gateway's model group is cooling down after upstream failures: wait a minute"
         return error
 
 
-__all__ = ["Gateway", "RetryPolicy", "is_quota", "map_http_errors", "parse_retry_after", "route_not_served"]
+def _gateway_retried(headers: httpx.Headers) -> bool:
+    """Whether the gateway says it retried this request itself (LiteLLM: ``x-litellm-attempted-retries``)."""
+    value = headers.get("x-litellm-attempted-retries")
+    try:
+        return value is not None and int(value) > 0
+    except ValueError:
+        return False
+
+
+__all__ = [
+    "EventStream",
+    "Gateway",
+    "ReplyLimits",
+    "RetryPolicy",
+    "is_quota",
+    "loads",
+    "map_http_errors",
+    "parse_retry_after",
+    "read_body",
+    "route_not_served",
+    "scrub",
+    "tokens",
+    "unique_ids",
+]

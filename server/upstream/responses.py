@@ -8,7 +8,6 @@ schemas; hosted web search) and turns the reply into a ``ModelResponse``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -16,10 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from server import errors
-from server.upstream.gateway import Gateway, RetryPolicy, parse_retry_after
+from server.upstream.gateway import (
+    Gateway,
+    ReplyLimits,
+    RetryPolicy,
+    loads,
+    map_http_errors,
+    parse_retry_after,
+    tokens,
+    unique_ids,
+)
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
     FunctionCall,
@@ -61,8 +68,9 @@ class ResponsesClient:
         api_key: str,
         stream: bool = True,
         retry: RetryPolicy | None = None,
+        limits: ReplyLimits | None = None,
     ) -> None:
-        self.gateway = Gateway(http, base_url=base_url, api_key=api_key, retry=retry)
+        self.gateway = Gateway(http, base_url=base_url, api_key=api_key, retry=retry, limits=limits)
         self.stream = stream
 
     @property
@@ -83,92 +91,105 @@ class ResponsesClient:
         async def read(response: httpx.Response) -> ResponseObject:
             if use_stream and "text/event-stream" in response.headers.get("content-type", ""):
                 return await self._read_stream(response, on_event)
-            await response.aread()
-            return self._read_json(response)
+            return self._read_json(await self.gateway.body(response), response.status_code)
 
         return await self.gateway.post(PATH, {**body, "stream": use_stream}, read, stream=use_stream)
 
-    def _read_json(self, response: httpx.Response) -> ResponseObject:
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise errors.MalformedResponseError(
-                f"the reply is not JSON (HTTP {response.status_code}, starts {response.text[:80]!r})"
-            ) from exc
+    def _read_json(self, body: bytes, status: int) -> ResponseObject:
+        data = loads(body, f"the reply (HTTP {status})")
         if is_object(data) and "error" in data and data["error"] and "output" not in data:
-            raise self.gateway.error_in_body(data["error"], response.status_code)
+            raise self.gateway.error_in_body(data["error"], status)
         return parse_response(data)
 
     async def _read_stream(self, response: httpx.Response, on_event: EventCallback | None) -> ResponseObject:
-        items: dict[int, dict[str, Any]] = {}
+        assembly = _Assembly()
         final: ResponseObject | None = None
-        events = 0
+        events = self.gateway.events(response)
         try:
-            async for sse in EventSource(response).aiter_sse():
-                data_text = sse.data.strip()
-                if not data_text or data_text == "[DONE]":
-                    continue
-                if final is not None:
-                    continue  # read past the terminal event so the connection can be reused
-                if sse.event == "response.output_text.delta":
-                    # The most frequent event, and the final text arrives whole later: not parsed.
-                    events += 1
+            with map_http_errors():
+                async for sse in events:
+                    data_text = sse.data.strip()
+                    if not data_text or data_text == "[DONE]" or final is not None:
+                        continue  # past the terminal event: read on so the connection can be reused
+                    if sse.event == "response.output_text.delta":
+                        # The most frequent event, and the final text arrives whole later: not parsed.
+                        if on_event is not None:
+                            await on_event(sse.event, {})
+                        continue
+                    data = loads(data_text, "a stream event")
+                    if not is_object(data):
+                        raise errors.MalformedResponseError("a stream event is not a JSON object")
+                    kind: Any = data.get("type") or (sse.event if sse.event != "message" else None)
+                    if kind == "error" or (kind is None and "error" in data):
+                        error_field = data.get("error")
+                        detail = error_field if is_object(error_field) else data
+                        message = self.gateway.clean(str(detail.get("message") or "unknown error"))
+                        raise errors.StreamError(message, code=_code(detail.get("code")))
+                    if kind in _TERMINAL:
+                        final = parse_response(data.get("response"))
+                        if not final.output:
+                            final.output = assembly.items()
+                        continue
+                    assembly.add(kind, data)
                     if on_event is not None:
-                        await on_event(sse.event, {})
-                    continue
-                try:
-                    data = json.loads(data_text)
-                except ValueError as exc:
-                    raise errors.MalformedResponseError(f"a stream event is not JSON: {data_text[:80]!r}") from exc
-                if not is_object(data):
-                    raise errors.MalformedResponseError("a stream event is not a JSON object")
-                kind: Any = data.get("type") or (sse.event if sse.event != "message" else None)
-                events += 1
-                if kind == "error" or (kind is None and "error" in data):
-                    error_field = data.get("error")
-                    detail = error_field if is_object(error_field) else data
-                    raise errors.StreamError(str(detail.get("message") or "unknown error"), code=detail.get("code"))
-                if kind in _TERMINAL:
-                    final = parse_response(data.get("response"))
-                    if not final.output and items:
-                        final.output = [items[i] for i in sorted(items)]
-                    continue
-                self._accumulate(kind, data, items)
-                if on_event is not None:
-                    await on_event(str(kind), data)
+                        await on_event(str(kind), data)
         except errors.UpstreamError as exc:
-            exc.stream_started = events > 0
+            exc.stream_started = events.count > 0  # never retry a stream that started: it was billed
             raise
-        except (httpx.TransportError, SSEError) as exc:
-            # Never retry a stream that already started: the request was billed.
-            error = errors.UpstreamConnectionError(f"the stream broke after {events} event(s): {exc}")
-            error.stream_started = events > 0
-            raise error from exc
         if final is None:
             error = errors.MalformedResponseError(
-                f"the stream ended after {events} event(s) without a terminal event (response.completed)",
+                f"the stream ended after {events.count} event(s) without a terminal event (response.completed)",
                 hint="the gateway cut the stream, often a gateway timeout or content filter; try again",
             )
             error.stream_started = True
             raise error
         return final
 
-    @staticmethod
-    def _accumulate(kind: Any, data: dict[str, Any], items: dict[int, dict[str, Any]]) -> None:
-        index = data.get("output_index")
+
+def _usage(usage: object) -> TokenUsage | None:
+    if not is_object(usage):
+        return None
+    inputs: object = usage.get("input_tokens_details")
+    outputs: object = usage.get("output_tokens_details")
+    return TokenUsage(
+        input_tokens=tokens(usage.get("input_tokens")),
+        output_tokens=tokens(usage.get("output_tokens")),
+        cached_tokens=tokens(inputs.get("cached_tokens")) if is_object(inputs) else 0,
+        reasoning_tokens=tokens(outputs.get("reasoning_tokens")) if is_object(outputs) else 0,
+    )
+
+
+def _code(value: object) -> str | None:
+    return str(value)[:100] if value not in (None, "") else None
+
+
+class _Assembly:
+    """Output items built from stream events; argument deltas are kept as fragments and joined once."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, dict[str, Any]] = {}
+        self._arguments: dict[int, list[str]] = {}
+
+    def add(self, kind: Any, data: dict[str, Any]) -> None:
+        index: object = data.get("output_index")
         if not isinstance(index, int):
             return
-        if (
-            kind == "response.output_item.added"
-            and isinstance(data.get("item"), dict)
-            or kind == "response.output_item.done"
-            and isinstance(data.get("item"), dict)
-        ):
-            items[index] = dict(data["item"])
-        elif kind == "response.function_call_arguments.delta" and index in items:
-            items[index]["arguments"] = str(items[index].get("arguments") or "") + str(data.get("delta") or "")
-        elif kind == "response.function_call_arguments.done" and index in items:
-            items[index]["arguments"] = data.get("arguments", items[index].get("arguments"))
+        item: object = data.get("item")
+        if kind in ("response.output_item.added", "response.output_item.done") and is_object(item):
+            self._items[index] = dict(item)
+            if kind == "response.output_item.done" or isinstance(item.get("arguments"), str):
+                self._arguments.pop(index, None)  # the item carries its whole arguments
+        elif kind == "response.function_call_arguments.delta" and index in self._items:
+            self._arguments.setdefault(index, []).append(str(data.get("delta") or ""))
+        elif kind == "response.function_call_arguments.done" and index in self._items:
+            self._items[index]["arguments"] = data.get("arguments", self._items[index].get("arguments"))
+            self._arguments.pop(index, None)
+
+    def items(self) -> list[dict[str, Any]]:
+        for index, fragments in self._arguments.items():
+            self._items[index]["arguments"] = str(self._items[index].get("arguments") or "") + "".join(fragments)
+        self._arguments.clear()
+        return [self._items[i] for i in sorted(self._items)]
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -202,11 +223,14 @@ def wire_item(item: Item) -> dict[str, Any] | None:
     return dict(item.wire) if item.wire.get("encrypted_content") else None
 
 
-def neutral_item(item: dict[str, Any]) -> Item | None:
-    """A Responses output item in neutral form, or None for what cannot be replayed (hosted tool calls)."""
+def neutral_item(item: dict[str, Any], clean: Callable[[str], str]) -> Item | None:
+    """A Responses output item in neutral form, or None for what cannot be replayed (hosted tool calls).
+
+    Every string the gateway wrote passes through ``clean`` (key masked, lone surrogates replaced)."""
     kind = item.get("type")
     if kind == "function_call":
-        return FunctionCall.model_validate({k: item[k] for k in ("call_id", "name", "arguments", "id") if k in item})
+        fields = {k: clean(str(item[k])) for k in ("call_id", "name", "arguments", "id") if item.get(k) is not None}
+        return FunctionCall.model_validate(fields)
     if kind == "message":
         parts: object = item.get("content")
         texts: list[str] = []
@@ -215,7 +239,7 @@ def neutral_item(item: dict[str, Any]) -> Item | None:
                 texts.append(str(part.get("text", "")))
             elif is_object(part) and part.get("type") == "refusal":
                 texts.append(f"[refusal] {part.get('refusal', '')}")
-        return Message(role="assistant", text="".join(texts))
+        return Message(role="assistant", text=clean("".join(texts)))
     if kind == "reasoning":
         return Reasoning(wire=dict(item))
     return None  # hosted tool items (web_search_call, ...) are not replayable without storage
@@ -287,28 +311,24 @@ class ResponsesModel:
         reply = await self.client.create(self.build(request), on_event=heard)
         return self.neutral(reply)
 
-    @staticmethod
-    def neutral(reply: ResponseObject) -> ModelResponse:
-        reply.function_calls()  # raises MalformedResponseError for a call without call_id, name or arguments
-        output = [n for n in (neutral_item(i) for i in reply.output) if n is not None]
-        response = ModelResponse(api="responses", output=output, id=reply.id, model=reply.model)
-        if reply.usage is not None:
-            u = reply.usage
-            response.usage = TokenUsage(
-                input_tokens=u.input_tokens or 0,
-                output_tokens=u.output_tokens or 0,
-                cached_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
-                reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0) if u.output_tokens_details else 0,
-            )
+    def neutral(self, reply: ResponseObject) -> ModelResponse:
+        clean = self.client.gateway.clean
+        calls = reply.function_calls()  # raises MalformedResponseError for a call without call_id, name or arguments
+        unique_ids(c.call_id for c in calls)
+        output = [n for n in (neutral_item(i, clean) for i in reply.output) if n is not None]
+        model = clean(reply.model) if reply.model else None
+        response = ModelResponse(api="responses", output=output, id=reply.id and clean(reply.id), model=model)
+        response.usage = _usage(reply.usage)
         if reply.status == "failed":
             error = reply.error or {}
             response.status = "failed"
-            response.error = f"the model's response failed: {error.get('message', 'no reason given')}" + (
-                f" [code {error['code']}]" if error.get("code") else ""
+            response.error = clean(
+                f"the model's response failed: {str(error.get('message', 'no reason given'))[:2000]}"
+                + (f" [code {_code(error['code'])}]" if error.get("code") else "")
             )
         elif reply.status == "incomplete":
             response.status = "incomplete"
-            response.incomplete_reason = str((reply.incomplete_details or {}).get("reason", "unknown"))
+            response.incomplete_reason = clean(str((reply.incomplete_details or {}).get("reason", "unknown"))[:200])
         return response
 
 

@@ -23,7 +23,7 @@ import httpx
 from server import errors
 from server.config import Settings
 from server.upstream.chat import ChatClient, ChatModel
-from server.upstream.gateway import Gateway, RetryPolicy, route_not_served
+from server.upstream.gateway import Gateway, ReplyLimits, RetryPolicy, route_not_served
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import ApiStyle, Model, ModelRequest, ModelResponse, OnEvent
 from server.upstream.responses import ResponsesClient, ResponsesModel
@@ -185,11 +185,12 @@ def connect(http: httpx.AsyncClient, settings: Settings) -> AutoModel:
         max_retries=settings.max_retries, max_wait=settings.retry_max_wait, budget=settings.retry_budget
     )
     base, stream = settings.base_url, settings.stream
+    limits = ReplyLimits(max_bytes=settings.max_reply_bytes, silence=settings.timeout, total=settings.turn_timeout)
     responses = ResponsesModel(
-        ResponsesClient(http, base_url=base, api_key=key, stream=stream, retry=retry),
+        ResponsesClient(http, base_url=base, api_key=key, stream=stream, retry=retry, limits=limits),
         conversation_mode=settings.conversation_mode,
     )
-    chat = ChatModel(ChatClient(http, base_url=base, api_key=key, stream=stream, retry=retry))
+    chat = ChatModel(ChatClient(http, base_url=base, api_key=key, stream=stream, retry=retry, limits=limits))
     return AutoModel(
         Gateway(http, base_url=settings.base_url, api_key=key, retry=retry),
         responses,

@@ -20,27 +20,6 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class InputTokensDetails(_Lenient):
-    """Detail of a response's input tokens: how many came from the prompt cache."""
-
-    cached_tokens: int | None = 0
-
-
-class OutputTokensDetails(_Lenient):
-    """Detail of a response's output tokens: how many were spent on reasoning."""
-
-    reasoning_tokens: int | None = 0
-
-
-class Usage(_Lenient):
-    """The tokens one response used, as the gateway reports them (any field may be missing)."""
-
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
-    input_tokens_details: InputTokensDetails | None = None
-    output_tokens_details: OutputTokensDetails | None = None
-
-
 class FunctionCall(_Lenient):
     """A ``function_call`` output item: the call the model wants made, arguments as a JSON string."""
 
@@ -61,7 +40,8 @@ class ResponseObject(_Lenient):
     model: str | None = None
     status: str | None = None
     output: list[dict[str, Any]] = Field(default_factory=list[dict[str, Any]])
-    usage: Usage | None = None
+    usage: Any = None
+    """Token counts as the gateway sent them: read leniently by the adapter (``gateway.tokens``)."""
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
 
