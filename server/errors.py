@@ -17,6 +17,7 @@
       terminal event or finish_reason, a 200 carrying an error object).
     * StreamError: an ``error`` event arrived mid-stream.
     * NoUsableEndpointError: neither /v1/responses nor /v1/chat/completions serves the model.
+  * StoreError: the conversation database could not be read or written (the path and the fix).
 
 Messages never contain the API key: the one boundary that builds them masks it.
 """
@@ -163,3 +164,13 @@ class NoUsableEndpointError(UpstreamError):
     """Raised when neither /v1/responses nor /v1/chat/completions serves the model."""
 
     hint = "check KEY4U_BASE_URL: it must be the gateway's OpenAI-compatible base (e.g. https://api.key4u.shop/v1)"
+
+
+class StoreError(BridgeError):
+    """Raised when the conversation database could not be read or written; the message names the file and the cause."""
+
+    hint = "check that the directory is writable and has free space, or set KEY4U_DB_PATH to another file"
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path

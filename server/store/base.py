@@ -40,8 +40,12 @@ class ConversationInfo:
 class ConversationStore(Protocol):
     """Where conversations are saved and who runs each one: saves, atomic claims with leases, and listings.
 
-    It keeps conversations as data only; it never runs or changes one beyond ``updated_at``.
+    It keeps conversations as data only; it never runs or changes one beyond ``updated_at``. Its failures
+    are ``server.errors.StoreError`` (naming the file and the fix), never a crash.
     """
+
+    #: Set when the store had to do something the user must hear about (a corrupt file moved aside).
+    notice: str | None
 
     async def get(self, conversation_id: str) -> Stored | None: ...
 

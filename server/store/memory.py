@@ -20,6 +20,7 @@ class MemoryStore:
 
     def __init__(self, *, max_conversations: int = 1000) -> None:
         self.max_conversations = max_conversations
+        self.notice: str | None = None
         self._rows: dict[str, tuple[str, str | None, float | None]] = {}
 
     async def get(self, conversation_id: str) -> Stored | None:
