@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from server.bridge.conversation import Conversation, ToolCallTrace
 from server.bridge.request import FunctionOutput as CallerOutput
 from server.bridge.request import RespondRequest
+from server.upstream.jsonvalues import scrub
 from server.upstream.model import FunctionOutput, Message
 
 
@@ -53,7 +54,7 @@ def add_request(conv: Conversation, request: RespondRequest) -> None:
     elif request.function_outputs:
         raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
     if request.prompt:
-        conv.items.append(Message(role="user", text=request.prompt))
+        conv.items.append(Message(role="user", text=scrub(request.prompt)))
     conv.notes, conv.error = [], None
     conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
 
@@ -69,7 +70,7 @@ def _add_function_outputs(conv: Conversation, outputs: list[CallerOutput]) -> No
         raise ToolError(f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}")
     for call_id, call in pending.items():
         value = given[call_id].output
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = scrub(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str))
         conv.items.append(FunctionOutput(call_id=call_id, output=text))
         conv.tool_calls.append(
             ToolCallTrace(

@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 
 from server.bridge.conversation import Conversation
 from server.bridge.loop import Loop
+from server.errors import StoreError
 from server.store.base import ConversationStore
 
 logger = logging.getLogger(__name__)
@@ -90,11 +91,14 @@ class Jobs:
             logger.exception("conversation %s crashed", conv.id)
             conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"
         finally:
-            with anyio.move_on_after(_SAVE_BOUND, shield=True):
+            with anyio.move_on_after(_SAVE_BOUND, shield=True) as bounded:
                 try:
                     await self._save_and_release(conv)
-                except Exception:
+                except Exception as exc:  # the caller still gets the result, told it was not kept
                     logger.exception("conversation %s: the final save failed", conv.id)
+                    conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
+            if bounded.cancelled_caught:
+                conv.notes.append(f"saving this conversation took over {_SAVE_BOUND:g} s; it may not be kept")
             self.running.pop(conv.id, None)
             job.done.set()
 
@@ -107,7 +111,12 @@ class Jobs:
     async def _keep_claim(self, job: Job) -> None:
         while True:
             await anyio.sleep(self.lease / 3)
-            if not await self.store.renew(job.conversation.id, self.owner, self.lease):
+            try:
+                kept = await self.store.renew(job.conversation.id, self.owner, self.lease)
+            except StoreError as exc:  # a passing database fault: the work goes on, the next renewal retries
+                logger.warning("conversation %s: could not renew its claim: %s", job.conversation.id, exc)
+                continue
+            if not kept:
                 logger.warning("conversation %s: its claim was lost; stopping it here", job.conversation.id)
                 job.conversation.notes.append("another server process took this conversation over")
                 job.scope.cancel()

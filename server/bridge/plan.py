@@ -22,6 +22,7 @@ from server.upstream.translation import FunctionSpec, NameMap, UnsupportedToolEr
 logger = logging.getLogger(__name__)
 
 _MAX_CACHED_SPECS = 1024
+_MAX_CACHED_BYTES = 16 * 1024 * 1024
 
 
 class Planner:
@@ -33,6 +34,7 @@ class Planner:
     def __init__(self, available: CombinedToolset) -> None:
         self.available = available
         self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
+        self._cached_bytes = 0
 
     def offer(self, options: Options) -> Offer:
         """The functions offered under ``options``; a ``ToolError`` says what the caller must change."""
@@ -80,14 +82,21 @@ class Planner:
 
     def _spec(self, tool: OfferedTool, api_name: str) -> FunctionSpec:
         """``to_function_tool``, remembered: the same tools are offered on every call."""
-        key = (tool.name, tool.description, _schema_key(tool.input_schema), api_name)
+        schema_key = _schema_key(tool.input_schema)
+        key = (tool.name, tool.description, schema_key, api_name)
         spec = self._specs.get(key)
         if spec is None:
-            if len(self._specs) > _MAX_CACHED_SPECS:
-                self._specs.clear()
-            spec = self._specs[key] = to_function_tool(tool.name, tool.description, tool.input_schema, api_name)
+            spec = to_function_tool(tool.name, tool.description, tool.input_schema, api_name)
+            if len(self._specs) >= _MAX_CACHED_SPECS or self._cached_bytes + len(schema_key) > _MAX_CACHED_BYTES:
+                self._specs.clear()  # bounded in count and in bytes: callers' schemas are all different
+                self._cached_bytes = 0
+            self._specs[key] = spec
+            self._cached_bytes += len(schema_key)
         return spec
 
 
 def _schema_key(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True)
+    try:
+        return json.dumps(schema, sort_keys=True, default=str)
+    except (ValueError, RecursionError, TypeError):  # circular, too deep, or keys that do not sort
+        return f"unkeyable:{id(schema)}"

@@ -25,9 +25,11 @@ from server.bridge.loop import Loop, LoopLimits, Offer
 from server.bridge.plan import Planner
 from server.bridge.request import RespondRequest, RespondResult
 from server.config import Settings
+from server.errors import StoreError
 from server.store.base import ConversationStore
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
+from server.upstream.jsonvalues import scrub
 from server.upstream.model import Message, Model
 
 Progress = Callable[[str], Awaitable[None]]
@@ -60,6 +62,7 @@ class Bridge:
         self.toolsets = toolsets
         self.hub = hub
         self.planner = Planner(toolsets)
+        self._told_notice = False
         self.jobs = Jobs(store, task_group, process_owner_id(), settings.claim_lease)
         self.limits = LoopLimits(
             concurrency=settings.tool_concurrency,
@@ -74,10 +77,13 @@ class Bridge:
             )
         if self.hub is not None:
             await self.hub.wait_ready(min(10.0, self.settings.deadline / 2))
-        if request.conversation_id:
-            job = await self._continue(request.conversation_id, request)
-        else:
-            job = await self._start_new(request)
+        try:
+            if request.conversation_id:
+                job = await self._continue(request.conversation_id, request)
+            else:
+                job = await self._start_new(request)
+        except StoreError as exc:  # the database is unusable: say which file and what to do
+            raise ToolError(str(exc)) from exc
         return await self._wait(job, progress)
 
     async def _start_new(self, request: RespondRequest) -> Job:
@@ -91,7 +97,7 @@ class Bridge:
         if request.api in ("responses", "chat"):
             conv.api = request.api
         offer = self.planner.offer(conv.options)
-        conv.items.append(Message(role="user", text=request.prompt))
+        conv.items.append(Message(role="user", text=scrub(request.prompt)))
         self._begin(conv)
         await self.store.create(conv, self.jobs.owner, self.jobs.lease)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
@@ -130,6 +136,9 @@ class Bridge:
     def _begin(self, conv: Conversation) -> None:
         conv.status = "in_progress"
         conv.notes.extend(self.toolsets.problems())
+        if self.store.notice is not None and not self._told_notice:
+            conv.notes.append(self.store.notice)
+            self._told_notice = True
 
     def _loop(self, offer: Offer, job: Job) -> Loop:
         assert self.upstream is not None

@@ -26,7 +26,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from server import errors
 from server.logs import mask
-from server.upstream.jsonvalues import is_object
+from server.upstream.jsonvalues import is_object, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -228,16 +228,6 @@ def unique_ids(call_ids: Iterable[str]) -> None:
         if call_id in seen:
             raise errors.MalformedResponseError(f"two function calls in one reply share the id {call_id[:80]!r}")
         seen.add(call_id)
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def scrub(text: str) -> str:
-    """``text`` with lone surrogates (which no UTF-8 writer accepts) replaced by U+FFFD."""
-    if text.isascii():
-        return text
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _strip_request_id(message: str) -> tuple[str, str | None]:

@@ -1,7 +1,8 @@
-"""Type guards for decoded JSON: what every parser in this package narrows untrusted values with."""
+"""Helpers for untrusted decoded JSON: type guards to narrow it, a depth bound, and text made writable."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeGuard
 
 
@@ -13,3 +14,29 @@ def is_object(value: object) -> TypeGuard[dict[str, Any]]:
 def is_array(value: object) -> TypeGuard[list[Any]]:
     """True for a decoded JSON array."""
     return isinstance(value, list)
+
+
+def depth_of(value: object, limit: int) -> int:
+    """How deeply ``value`` nests, counted without recursion, stopping once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if is_object(node):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif is_array(node):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 writer accepts) replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from mcp.types import (
     AudioContent,
@@ -27,12 +27,14 @@ from mcp.types import (
     TextResourceContents,
 )
 
-from server.upstream.jsonvalues import is_object
-from server.upstream.schemas import MAX_DEPTH, StrictSchemaError, normalise, resolve_ref, strictify
+from server.upstream.jsonvalues import depth_of, scrub
+from server.upstream.schemas import StrictSchemaError, normalise, strictify
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 MAX_OUTPUT_CHARS = 100_000
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_BYTES = 256 * 1024
 
 
 class UnsupportedToolError(ValueError):
@@ -99,7 +101,17 @@ class FunctionSpec:
 
 
 def to_function_tool(name: str, description: str | None, input_schema: Any, api_name: str) -> FunctionSpec:
-    """The function for an MCP tool, or ``UnsupportedToolError`` when its schema is not an object schema."""
+    """The function for an MCP tool, or ``UnsupportedToolError`` when its schema is not an object schema,
+    or is too deep or too large to offer (schemas come from callers and downstream servers)."""
+    if depth_of(input_schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        raise UnsupportedToolError(
+            f"tool {name!r} cannot be offered: its inputSchema nests deeper than {MAX_SCHEMA_DEPTH}"
+        )
+    size = len(json.dumps(input_schema, default=str))
+    if size > MAX_SCHEMA_BYTES:
+        raise UnsupportedToolError(
+            f"tool {name!r} cannot be offered: its inputSchema is {size} bytes (at most {MAX_SCHEMA_BYTES})"
+        )
     schema = normalise(input_schema)
     if schema.get("type") != "object":
         raise UnsupportedToolError(
@@ -116,57 +128,13 @@ def to_function_tool(name: str, description: str | None, input_schema: Any, api_
 # --- calls back ------------------------------------------------------------------------------
 
 
-def _drop_optional_nulls(value: Any, schema: dict[str, Any], root: dict[str, Any], depth: int = 0) -> Any:
-    if depth > MAX_DEPTH or not is_object(value):
-        return value
-    if "$ref" in schema:
-        try:
-            schema = resolve_ref(schema["$ref"], root)
-        except StrictSchemaError:
-            return value
-    properties: Any = schema.get("properties") or {}
-    required = set(schema.get("required") or [])
-    result: dict[str, Any] = {}
-    for key, item in value.items():
-        if item is None and key in properties and key not in required:
-            continue
-        sub: Any = properties.get(key)
-        result[key] = _drop_optional_nulls(item, sub, root, depth + 1) if is_object(sub) else item
-    return result
-
-
 def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
     """The MCP arguments for a call, or ``ArgumentError`` with a message the model can act on."""
-    try:
-        value: Any = json.loads(arguments) if arguments.strip() else {}
-    except ValueError as exc:
-        raise ArgumentError(
-            f"the arguments for {spec.api_name} are not valid JSON ({exc}); send a JSON object matching its schema"
-        ) from None
-    if not isinstance(value, dict):
-        raise ArgumentError(f"the arguments for {spec.api_name} must be a JSON object, got {type(value).__name__}")
-    value = _drop_optional_nulls(value, spec.schema, spec.schema)
-    # Imported on first use, the one such seam in the bridge: jsonschema adds ~110 ms to start-up, and
-    # only model-written arguments need it.
-    import jsonschema.exceptions
-    import jsonschema.validators
-    import referencing.exceptions
+    # Imported on first use, the one such seam in the bridge: jsonschema and RE2 add ~110 ms to
+    # start-up, and only model-written arguments need them.
+    from server.upstream.arguments import parse
 
-    try:
-        validator_cls = jsonschema.validators.validator_for(spec.schema, default=jsonschema.Draft202012Validator)
-        # typeshed's jsonschema stubs leave out best_match's return type: the most relevant error, or None.
-        error = cast(
-            "jsonschema.exceptions.ValidationError | None",
-            jsonschema.exceptions.best_match(  # pyright: ignore[reportUnknownMemberType] -- unannotated in the stubs
-                validator_cls(spec.schema).iter_errors(value)
-            ),
-        )
-    except (jsonschema.exceptions.SchemaError, referencing.exceptions.Unresolvable, RecursionError):
-        return value  # the tool's own schema is broken: let the tool judge its arguments
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise ArgumentError(f"invalid arguments for {spec.api_name} at {where}: {error.message}")
-    return value
+    return parse(spec, arguments)
 
 
 def _describe(block: Any) -> str:
@@ -195,13 +163,16 @@ def result_to_output(result: CallToolResult, limit: int = MAX_OUTPUT_CHARS) -> s
     """The ``function_call_output`` string for an MCP tool result."""
     parts = [_describe(block) for block in result.content]
     if result.structured_content is not None:
-        structured = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))
+        try:
+            structured = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"), default=str)
+        except (ValueError, RecursionError):  # circular or too deep to write out
+            structured = "[structured content that cannot be written as JSON]"
         if structured not in parts:
             parts.append(structured)
     text = "\n".join(p for p in parts if p) or "(no output)"
     if result.is_error:
         text = f"Error: {text}"
-    return cap(text, limit)
+    return scrub(cap(text, limit))
 
 
 def error_output(message: str) -> str:
