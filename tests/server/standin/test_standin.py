@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -49,8 +50,21 @@ KEY4U_TOOLS: list[dict[str, Any]] = [
 ]
 
 
+_OPEN: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close every client a test opened: a pooled socket left to the GC warns (an error here)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def client(upstream: StandIn, key: str = "any-key") -> openai.OpenAI:
-    return openai.OpenAI(base_url=upstream.base_url, api_key=key, max_retries=0)
+    api = openai.OpenAI(base_url=upstream.base_url, api_key=key, max_retries=0)
+    _OPEN.append(api)
+    return api
 
 
 def test_openai_create_gets_the_key4u_example_calls(standin: StandIn) -> None:
