@@ -75,8 +75,6 @@ class Bridge:
                 "no API key is configured: set KEY4U_API_KEY (or OPENAI_API_KEY) in this server's environment; "
                 "the local tools work without one"
             )
-        if self.hub is not None:
-            await self.hub.wait_ready(min(10.0, self.settings.deadline / 2))
         try:
             if request.conversation_id:
                 job = await self._continue(request.conversation_id, request)
@@ -94,6 +92,7 @@ class Bridge:
         updates = request.option_updates()
         updates.setdefault("model", self.settings.model)
         conv = Conversation(options=Options.model_validate(updates))
+        await self._servers_for(conv.options.tools)
         if request.api in ("responses", "chat"):
             conv.api = request.api
         offer = self.planner.offer(conv.options)
@@ -125,6 +124,7 @@ class Bridge:
         try:
             conv = settled(claimed)
             add_request(conv, request)
+            await self._servers_for(conv.options.tools)
             offer = self.planner.offer(conv.options)  # checked before anything is sent
         except BaseException:
             await self.store.release(conversation_id, self.jobs.owner)
@@ -132,6 +132,11 @@ class Bridge:
         self._begin(conv)
         await self.store.put(conv)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
+
+    async def _servers_for(self, tools: list[str] | None) -> None:
+        """Give downstream servers that are still starting, and whose tools may be offered, a moment."""
+        if self.hub is not None:
+            await self.hub.wait_ready_for(tools, min(10.0, self.settings.deadline / 2))
 
     def _begin(self, conv: Conversation) -> None:
         conv.status = "in_progress"

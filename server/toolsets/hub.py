@@ -8,6 +8,13 @@ Each server is kept connected by its own task: started, its tools listed (and li
 ``notifications/tools/list_changed``), pinged, and after a failure restarted with backoff. A
 server that fails never affects the others; its state is reported. Child processes are ended
 when the bridge stops.
+
+A downstream process is given only the SDK's safe environment (``PATH``, ``HOME``, ...) and its
+entry's own ``env``, never this process's keys; on Linux it is started through the guard in
+``server.toolsets.child``, so that it dies with the bridge even when the bridge is killed. The
+whole start (process, ``initialize``, first ``tools/list``) is bounded by ``startup_timeout``.
+Each child learns its nesting depth (``KEY4U_MCP_DEPTH``); at depth ``MAX_DEPTH`` no downstream
+server is started, so a key4u-mcp listed in its own servers file cannot multiply.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -28,17 +36,28 @@ import httpx2
 from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
 from mcp.client import IncomingMessage, Transport
+from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, Tool, ToolListChangedNotification
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import default_servers_file
+from server.toolsets import child
 from server.toolsets.base import OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
 from server.toolsets.policy import SEPARATOR, Mode, Policy
 
 logger = logging.getLogger(__name__)
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+#: The environment variable that tells a process how deeply it is nested in key4u-mcp bridges.
+DEPTH_VARIABLE = "KEY4U_MCP_DEPTH"
+#: At this depth a hub starts no downstream servers.
+MAX_DEPTH = 2
+#: Prefixes of this process's secrets: never passed to a downstream server unless its entry sets them.
+PRIVATE_PREFIXES = ("KEY4U_", "OPENAI_")
+#: How long after a server's startup deadline ``wait_ready`` still waits for it to report.
+_SETTLE_GRACE = 0.5
 
 
 class ServerConfig(BaseModel):
@@ -99,6 +118,42 @@ def qualified(server: str, tool: str) -> str:
     return f"{server}{SEPARATOR}{tool}"
 
 
+def current_depth() -> int:
+    """How deeply this process is nested in key4u-mcp bridges (``KEY4U_MCP_DEPTH``; 0 at the top)."""
+    try:
+        return max(0, int(os.environ.get(DEPTH_VARIABLE, "0")))
+    except ValueError:
+        return 0
+
+
+def child_environment(own: dict[str, str], depth: int) -> dict[str, str]:
+    """The environment of a downstream process: the SDK's safe variables, its entry's ``env``, its depth.
+
+    Nothing else of this process's environment passes, and no ``KEY4U_``/``OPENAI_`` variable
+    unless the entry's own ``env`` sets it. ``depth`` is this process's depth.
+    """
+    env = {k: v for k, v in get_default_environment().items() if not k.upper().startswith(PRIVATE_PREFIXES)}
+    env.update(own)
+    env[DEPTH_VARIABLE] = str(depth + 1)
+    return env
+
+
+def _check_command(command: str, env: dict[str, str], cwd: str | None) -> None:
+    """Raise FileNotFoundError if ``command`` cannot be found as ``exec`` would look for it.
+
+    Through the guard, a missing command would only show as a closed connection.
+    """
+    base = cwd or os.getcwd()
+    if os.sep in command or (os.altsep and os.altsep in command):
+        found = os.path.exists(os.path.join(base, command))
+    else:
+        dirs = env.get("PATH", os.defpath).split(os.pathsep)
+        path = os.pathsep.join(os.path.join(base, d) if not os.path.isabs(d) else d for d in dirs)
+        found = shutil.which(command, path=path) is not None
+    if not found:
+        raise FileNotFoundError(2, "no such command", command)
+
+
 @dataclass
 class Downstream:
     """One downstream MCP server: its connection, status, and the tools it last listed; a toolset for them.
@@ -115,6 +170,12 @@ class Downstream:
     failures: int = 0
     next_retry: float | None = None
     client: Client | None = None  # while connected
+    #: This process's nesting depth; the child gets ``depth + 1``.
+    depth: int = field(default_factory=current_depth)
+    #: Why this server is not started at all (set by the hub), or None.
+    blocked: str | None = None
+    #: When the current attempt to start must have succeeded (``anyio.current_time()``), once begun.
+    startup_deadline: float | None = None
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _broken: anyio.Event = field(default_factory=anyio.Event)
     _ready: anyio.Event = field(default_factory=anyio.Event)
@@ -124,8 +185,11 @@ class Downstream:
     async def _transport(self, stack: AsyncExitStack[bool | None]) -> StdioServerParameters | Transport:
         cfg = self.config
         if cfg.command:
-            env = {**os.environ, **cfg.env} if cfg.env else None
-            return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
+            env = child_environment(cfg.env, self.depth)
+            if child.supported():
+                _check_command(cfg.command, env, cfg.cwd)
+            command, args = child.guarded(cfg.command, cfg.args, env)
+            return StdioServerParameters(command=command, args=args, env=env, cwd=cfg.cwd)
         http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
         stack.push_async_callback(http.aclose)
         return streamable_http_client(cfg.url or "", http_client=http)
@@ -140,6 +204,9 @@ class Downstream:
         """Keep this server connected until cancelled."""
         if self.config.disabled:
             self.status = "disabled"
+            self.settled.set()
+            return
+        if self.blocked is not None:
             self.settled.set()
             return
         while True:
@@ -159,16 +226,60 @@ class Downstream:
             self.next_retry = time.time() + delay
             await anyio.sleep(delay)
 
+    def block(self, reason: str) -> None:
+        """Never start this server: it reports ``failed`` with ``reason``."""
+        self.blocked, self.status, self.error = reason, "failed", reason
+        self.settled.set()
+
+    def settle_by(self) -> float:
+        """When (``anyio.current_time()``) the current attempt to start will have ended, at the latest."""
+        if self.startup_deadline is not None:
+            return self.startup_deadline + _SETTLE_GRACE
+        return anyio.current_time() + self.config.startup_timeout + _SETTLE_GRACE
+
     async def _session(self, ping_interval: float) -> None:
+        """One connection, from the start to its failure; the start is bounded by ``startup_timeout``.
+
+        At the deadline the server is reported failed at once, while its process is still being ended.
+        """
         self.status = "starting"
         self._broken = anyio.Event()
+        limit = self.config.startup_timeout
+        self.startup_deadline = anyio.current_time() + limit
+        started = anyio.Event()
+        stage = ["did not start"]
+        timed_out: list[str] = []
+
+        async def watchdog(session: anyio.CancelScope) -> None:
+            with anyio.move_on_after(limit):
+                await started.wait()
+                return
+            timed_out.append(f"{stage[0]} within {limit:g} s")
+            self.status, self.error = "failed", f"TimeoutError: {timed_out[0]}"
+            self.settled.set()
+            session.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watchdog, tg.cancel_scope)
+                await self._connected(ping_interval, started, stage)
+        except Exception as exc:
+            if timed_out:
+                raise TimeoutError(timed_out[0]) from exc
+            raise
+        if timed_out:
+            raise TimeoutError(timed_out[0])
+
+    async def _connected(self, ping_interval: float, started: anyio.Event, stage: list[str]) -> None:
         async with AsyncExitStack() as stack:
             transport = await self._transport(stack)
+            stage[0] = "did not answer initialize"
             client = await stack.enter_async_context(
                 Client(transport, mode="legacy", message_handler=self._on_message, cache=None)
             )
-            with anyio.fail_after(self.config.startup_timeout):
-                await self._list(client)
+            stage[0] = "did not answer tools/list"
+            await self._list(client)
+            started.set()
             self.client, self.status, self.error, self.next_retry = client, "ready", None, None
             self._ready.set()
             self.settled.set()
@@ -188,7 +299,8 @@ class Downstream:
                     raise ConnectionError("the connection broke")
                 if self._changed.is_set():
                     self._changed = anyio.Event()
-                    await self._list(client)
+                    with anyio.fail_after(self.config.startup_timeout):
+                        await self._list(client)
                     continue
                 with anyio.fail_after(10):
                     # The connection is made in mode="legacy" (the handshake protocol), where ping exists;
@@ -220,6 +332,8 @@ class Downstream:
         return self.status != "disabled"
 
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+        if self.blocked is not None:
+            return error_result(f"the MCP server {self.name!r} is unavailable: {self.blocked}")
         if self.status != "ready" or self._broken.is_set():
             # Restarting after a crash or hang: give it a moment before reporting it down.
             with anyio.move_on_after(min(timeout / 2, 10.0)):
@@ -270,22 +384,58 @@ class Hub:
 
     def __init__(self, config: HubConfig, *, ping_interval: float = 15.0) -> None:
         self.config = config
-        self.servers = {name: Downstream(name, cfg) for name, cfg in config.servers.items()}
+        #: This process's nesting depth in key4u-mcp bridges (``KEY4U_MCP_DEPTH``).
+        self.depth = current_depth()
+        self.servers = {name: Downstream(name, cfg, depth=self.depth) for name, cfg in config.servers.items()}
         self.ping_interval = ping_interval
         self.toolsets: list[Toolset] = [
             PrefixedToolset(PolicyToolset(server, server.config.policy), qualified(server.name, ""))
             for server in self.servers.values()
         ]
+        if self.depth >= MAX_DEPTH:
+            reason = f"not started: nested {self.depth} levels deep (a key4u-mcp inside its own servers list?)"
+            blocked = [s for s in self.servers.values() if not s.config.disabled]
+            for server in blocked:
+                server.block(reason)
+            if blocked:
+                logger.warning(
+                    "starting none of the MCP servers %s: this key4u-mcp is nested %d levels deep "
+                    "(%s=%d; is a key4u-mcp listed in its own servers list?)",
+                    ", ".join(s.name for s in blocked),
+                    self.depth,
+                    DEPTH_VARIABLE,
+                    self.depth,
+                )
 
     def start(self, tg: TaskGroup) -> None:
         for server in self.servers.values():
             tg.start_soon(server.run, self.ping_interval, name=f"downstream:{server.name}")
 
     async def wait_ready(self, timeout: float) -> None:
-        """Wait until every server has finished its first attempt (ready or failed), at most ``timeout``."""
-        with anyio.move_on_after(timeout):
-            for server in self.servers.values():
+        """Wait until every server has finished its first attempt (ready or failed).
+
+        At most ``timeout``, and never past the servers' startup deadlines; at once when all have settled.
+        """
+        await self.wait_ready_for(None, timeout)
+
+    async def wait_ready_for(self, names: list[str] | None, timeout: float) -> None:
+        """Like ``wait_ready``, for only the servers whose tools could be among ``names`` (None: all).
+
+        A server counts when a name starts with its ``<server>__`` prefix; names of no configured
+        server (local tools, the caller's functions) need no waiting.
+        """
+        pending = [s for s in self._servers_for(names) if not s.settled.is_set()]
+        if not pending:
+            return
+        deadline = min(anyio.current_time() + max(0.0, timeout), max(s.settle_by() for s in pending))
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            for server in pending:
                 await server.settled.wait()
+
+    def _servers_for(self, names: list[str] | None) -> list[Downstream]:
+        if names is None:
+            return list(self.servers.values())
+        return [s for s in self.servers.values() if any(n.startswith(qualified(s.name, "")) for n in names)]
 
     def report(self) -> list[dict[str, Any]]:
         return [s.report() for s in self.servers.values()]
