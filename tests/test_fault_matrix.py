@@ -23,6 +23,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from server.cli.demo import KEY4U_PROMPT
 from server.standin import Faults, StandIn, http_date
 from tests.conftest import FAKE_KEY
 from tests.helpers import INITIALIZE, raw_session, script, text_of
@@ -42,6 +43,7 @@ class Harness:
     upstream: StandIn
     errlog: Path
     pid: int
+    database: Path
     children: set[int] = field(default_factory=set)
 
 
@@ -78,6 +80,8 @@ async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Har
             "KEY4U_RETRY_MAX_WAIT": "5",
             "KEY4U_TOOL_TIMEOUT": "2",
             "KEY4U_DEADLINE": "40",
+            "KEY4U_TIMEOUT": "4",
+            "KEY4U_MAX_REPLY_BYTES": str(1024 * 1024),
         }
         errlog = tmp / "stderr.txt"
         with errlog.open("w") as err:
@@ -86,7 +90,7 @@ async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Har
                 pid = _server_pid(os.getpid())
                 await client.call_tool("key4u_respond", {"prompt": "warm up", "tools": []})
                 children = {c.pid for c in psutil.Process(pid).children(recursive=True)}
-                yield Harness(client, upstream, errlog, pid, children)
+                yield Harness(client, upstream, errlog, pid, tmp / "db.sqlite3", children)
 
 
 async def call(h: Harness, **arguments: Any) -> tuple[dict[str, Any], str, bool]:
@@ -182,6 +186,97 @@ async def test_upstream_fault(
     await check_recovered(h, text + json.dumps(out))
 
 
+# Hostile replies and schemas: each is cleaned, bounded or refused; the key is nowhere, including the
+# transcript resource and the database file.
+CATASTROPHIC = {
+    "name": "check",
+    "description": "checks s",
+    "inputSchema": {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}},
+}
+REMOTE_REF = {
+    "name": "fetchy",
+    "description": "its schema points elsewhere",
+    "inputSchema": {"type": "object", "properties": {"n": {"$ref": "http://10.255.255.1/never.json"}}},
+}
+DEEP = '{"a": ' + "[" * 300 + "]" * 300 + "}"
+HOSTILE_ROWS: list[tuple[str, Faults, dict[str, Any], str, str]] = [
+    ("a lone surrogate in the answer", Faults(answer_text="bad \ud800 text"), {}, "completed", "bad \ufffd text"),
+    (
+        "a lone surrogate in call arguments",
+        Faults(bad_arguments='{"operation": "add\\ud800", "a": 1, "b": 2}'),
+        {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]},
+        "completed",
+        "unknown operation 'add\ufffd'",
+    ),
+    (
+        "arguments nested 300 deep",
+        Faults(bad_arguments=DEEP),
+        {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"]},
+        "completed",
+        "nest deeper than 64",
+    ),
+    (
+        "the key echoed in answer and model",
+        Faults(answer_text=f"key {FAKE_KEY}", model_alias=FAKE_KEY),
+        {},
+        "completed",
+        "key ***",
+    ),
+    (
+        "the key across the error preview cut",
+        Faults(status=400, error_message="x" * 480 + FAKE_KEY),
+        {},
+        "failed",
+        "HTTP 400",
+    ),
+    (
+        "two calls sharing one id",
+        Faults(same_call_ids=True),
+        {"prompt": KEY4U_PROMPT, "tools": ["current_time", "system_info", "math_calculator", "random_generator"]},
+        "failed",
+        "share the id",
+    ),
+    ("fractional token counts", Faults(usage_tokens=12.5), {}, "completed", "in 12"),
+    ("only keep-alive comments", Faults(stall_after=2), {}, "failed", "no event for 4 s"),
+    ("a reply over the size limit", Faults(answer_text="x" * 2_000_000), {}, "failed", "larger than 1048576 bytes"),
+    (
+        "a caller schema with a catastrophic pattern",
+        Faults(bad_arguments=json.dumps({"s": "a" * 40_000 + "b"})),
+        {"prompt": "check it", "tools": [], "functions": [CATASTROPHIC]},
+        "completed",
+        "does not match",
+    ),
+    (
+        "a caller schema with a remote $ref",
+        Faults(),
+        {"prompt": "fetchy please", "tools": [], "functions": [REMOTE_REF]},
+        "requires_action",
+        "fetchy",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("faults", "arguments", "status", "fragment"), [r[1:] for r in HOSTILE_ROWS], ids=[r[0] for r in HOSTILE_ROWS]
+)
+async def test_hostile_input(
+    harness: Harness, faults: Faults, arguments: dict[str, Any], status: str, fragment: str
+) -> None:
+    h = harness
+    h.upstream.faults = faults
+    with anyio.fail_after(30):
+        out, text, _ = await call(h, **({"prompt": "hello", "tools": ["math_calculator"]} | arguments))
+    assert out.get("status") == status, text
+    outputs = " ".join(c["output"] for c in out.get("tool_calls", [])) + " " + text
+    assert fragment in outputs, outputs
+    seen = text + json.dumps(out)
+    if out.get("transcript"):
+        resource = await h.client.read_resource(out["transcript"])
+        seen += json.dumps(resource.model_dump(mode="json"))
+    await check_recovered(h, seen)
+    assert FAKE_KEY.encode() not in h.database.read_bytes()
+
+
 # Model and tool misbehaviour: the call's output tells the model; the conversation goes on.
 MODEL_ROWS: list[tuple[str, Faults, dict[str, Any], str, str]] = [
     (
@@ -268,6 +363,38 @@ async def test_connection_refused(tmp_path: Path) -> None:
     assert result.is_error and "could not reach the gateway" in text_of(result)
     assert not after.is_error
     assert FAKE_KEY not in text_of(result) + (tmp_path / "err").read_text()
+
+
+async def _respond_with_database(tmp_path: Path, database: Path) -> tuple[str, str, bool, bool, str]:
+    """key4u_respond twice and a local tool, against a server whose database is ``database``."""
+    with StandIn() as upstream:
+        env = {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": upstream.base_url, "KEY4U_DB_PATH": str(database)}
+        with (tmp_path / "err").open("w") as err:
+            params = StdioServerParameters(command=script(), env=env)
+            async with Client(stdio_client(params, errlog=err), mode="legacy") as client:
+                first = await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
+                second = await client.call_tool("key4u_respond", {"prompt": "again", "tools": []})
+                local = await client.call_tool("math_calculator", {"operation": "add", "a": 1, "b": 1})
+    stderr = (tmp_path / "err").read_text()
+    assert FAKE_KEY not in text_of(first) + text_of(second) + stderr
+    return text_of(first), text_of(second), bool(first.is_error), bool(local.is_error), stderr
+
+
+async def test_an_unusable_database_is_a_clear_error_and_the_local_tools_still_work(tmp_path: Path) -> None:
+    (tmp_path / "not-a-file").mkdir()
+    first, second, is_error, local_error, _ = await _respond_with_database(tmp_path, tmp_path / "not-a-file")
+    assert is_error and str(tmp_path / "not-a-file") in first and "KEY4U_DB_PATH" in first
+    assert "KEY4U_DB_PATH" in second and not local_error  # the next call is answered, clearly, again
+
+
+async def test_a_corrupt_database_is_moved_aside_with_the_users_knowledge(tmp_path: Path) -> None:
+    database = tmp_path / "conversations.sqlite3"
+    database.write_bytes(b"this is not a database" * 100)
+    first, second, is_error, local_error, stderr = await _respond_with_database(tmp_path, database)
+    assert not is_error and "was corrupt; it was moved to" in first and "corrupt" not in second
+    moved = [p for p in os.listdir(tmp_path) if p.startswith("conversations.sqlite3.corrupt-")]
+    assert len(moved) == 1 and (tmp_path / moved[0]).read_bytes().startswith(b"this is not a database")
+    assert "corrupt" in stderr and not local_error
 
 
 async def test_stdin_closed_mid_call(tmp_path: Path) -> None:

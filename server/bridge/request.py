@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.bridge.conversation import (
     Conversation,
@@ -22,6 +22,7 @@ from server.bridge.conversation import (
     UsageTotals,
 )
 from server.logs import mask
+from server.upstream.jsonvalues import scrub_json
 from server.upstream.model import ApiStyle
 
 
@@ -36,6 +37,12 @@ class RespondRequest(BaseModel):
     """One ``key4u_respond`` call: start a conversation, continue one, or wait for one."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _writable(cls, data: Any) -> Any:
+        """Lone surrogates (valid JSON escapes, unwritable as UTF-8) replaced in every string the host sent."""
+        return scrub_json(data)
 
     prompt: str | None = Field(default=None, description="The user message. Required unless conversation_id is given.")
     instructions: str | None = Field(default=None, description="System/developer instructions for the model.")

@@ -141,9 +141,6 @@ class Bridge:
     def _begin(self, conv: Conversation) -> None:
         conv.status = "in_progress"
         conv.notes.extend(self.toolsets.problems())
-        if self.store.notice is not None and not self._told_notice:
-            conv.notes.append(self.store.notice)
-            self._told_notice = True
 
     def _loop(self, offer: Offer, job: Job) -> Loop:
         assert self.upstream is not None
@@ -160,6 +157,9 @@ class Bridge:
         finally:
             job.listener = None
         conv = job.conversation
+        if self.store.notice is not None and not self._told_notice:  # e.g. a corrupt file moved aside
+            conv.notes.append(self.store.notice)
+            self._told_notice = True
         if not job.done.is_set():
             snapshot = conv.model_copy(update={"status": "in_progress"})
             snapshot.notes = [

@@ -22,9 +22,9 @@ from server.standin.common import (
     RequestError,
     StandInState,
     call_arguments,
+    call_ids,
     json_reply,
     message_text,
-    new_id,
     ok_with_error,
     plan_turn,
     stream_reply,
@@ -61,8 +61,8 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
         raise RequestError(500, reason, type_="server_error", code="server_error")
 
     tool_calls: list[dict[str, Any]] = [
-        {"id": new_id("call"), "type": "function", "function": {"name": c.name, "arguments": call_arguments(c, faults)}}
-        for c in planned
+        {"id": cid, "type": "function", "function": {"name": c.name, "arguments": call_arguments(c, faults)}}
+        for c, cid in zip(planned, call_ids(len(planned), faults), strict=True)
     ]
     text: str | None = None
     if not planned and kind == "json_schema":
@@ -70,6 +70,8 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
     elif not planned:
         text = model.answer(prompt, outputs)
         text = json.dumps({"answer": text}, ensure_ascii=False) if kind == "json_object" else text
+    if not planned and faults.answer_text is not None:
+        text = faults.answer_text
     finish = "tool_calls" if tool_calls else "stop"
     if faults.response_status == "incomplete":
         finish = "length"
@@ -91,8 +93,8 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
         "model": faults.model_alias or body["model"],
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
+            "prompt_tokens": prompt_tokens if faults.usage_tokens is None else faults.usage_tokens,
+            "completion_tokens": completion_tokens if faults.usage_tokens is None else faults.usage_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},

@@ -76,6 +76,14 @@ class Faults:
     ``not_implemented`` 500 while other models are served, as new-api routes per channel."""
     chat_route: Literal["ok", "missing"] = "ok"
     """``missing``: ``POST /v1/chat/completions`` answers a 404 Invalid URL (a gateway serving neither)."""
+    answer_text: str | None = None
+    """Answer with this text instead of the model's (e.g. a lone surrogate, or the caller's key echoed)."""
+    same_call_ids: bool = False
+    """Give every function call of a turn the same call id."""
+    usage_tokens: Any = None
+    """Report this value (e.g. ``12.5``, ``"7"``) as the input and output token counts."""
+    stall_after: int | None = None
+    """After this many stream events, send only ``: PING`` comments, every 0.2 s, until the client leaves."""
     advertise_endpoints: bool = False
     """List ``supported_endpoint_types`` per model in ``GET /v1/models``, as newer new-api builds do:
     ``["openai"]`` for chat-only models, ``["openai", "openai-response"]`` for the others."""
@@ -215,6 +223,13 @@ def plan_turn(
     return planned
 
 
+def call_ids(count: int, faults: Faults) -> list[str]:
+    """The call ids of a turn's ``count`` calls."""
+    if faults.same_call_ids:
+        return ["call_same"] * count
+    return [new_id("call") for _ in range(count)]
+
+
 def call_arguments(call: model.PlannedCall, faults: Faults) -> str:
     return faults.bad_arguments if faults.bad_arguments is not None else json.dumps(call.arguments)
 
@@ -233,7 +248,8 @@ def ok_with_error() -> JSONResponse:
 def json_reply(payload: dict[str, Any], faults: Faults) -> Response:
     if faults.malformed_json:
         return Response(json.dumps(payload)[:100], media_type="application/json")
-    return JSONResponse(payload)
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8", "backslashreplace")  # see _sse
+    return Response(body, media_type="application/json")
 
 
 Frame = tuple[str | None, str]
@@ -270,6 +286,10 @@ async def _sse(
             yield b": PING\n\n"
         if faults.cut_stream_after is not None and number >= faults.cut_stream_after:
             return
+        if faults.stall_after is not None and number >= faults.stall_after:
+            while True:
+                yield b": PING\n\n"
+                await anyio.sleep(0.2)
         if faults.reset_stream_after is not None and number >= faults.reset_stream_after:
             raise ConnectionResetError("offline stand-in: stream reset (fault)")
         if faults.error_event_after is not None and number >= faults.error_event_after:
@@ -278,6 +298,7 @@ async def _sse(
         if faults.malformed_json and number == 2:
             data = data[: len(data) // 2]
         head = "" if name is None or faults.no_event_lines else f"event: {name}\n"
-        yield f"{head}data: {data}\n\n".encode()
+        # A lone surrogate inside a JSON string goes out as its \\uXXXX escape, as a gateway would send it.
+        yield f"{head}data: {data}\n\n".encode("utf-8", "backslashreplace")
     if done:
         yield b"data: [DONE]\n\n"

@@ -17,6 +17,7 @@ from server.standin.common import (
     RequestError,
     StandInState,
     call_arguments,
+    call_ids,
     check_function,
     json_reply,
     message_text,
@@ -124,14 +125,14 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
             item["encrypted_content"] = "standin-" + secrets.token_hex(16)
         output.append(item)
         reasoning_tokens = 8
-    for call in planned:
+    for call, call_id in zip(planned, call_ids(len(planned), faults), strict=True):
         output.append(
             {
                 "id": new_id("fc"),
                 "type": "function_call",
                 "status": "completed",
                 "arguments": call_arguments(call, faults),
-                "call_id": new_id("call"),
+                "call_id": call_id,
                 "name": call.name,
             }
         )
@@ -142,6 +143,8 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
             text = model.structured_answer(text_format.get("schema") or {}, turn_outputs)
         else:
             text = model.answer(prompt, turn_outputs)
+        if faults.answer_text is not None:
+            text = faults.answer_text
         output.append(
             {
                 "id": new_id("msg"),
@@ -172,6 +175,8 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    if faults.usage_tokens is not None:
+        usage["input_tokens"] = usage["output_tokens"] = faults.usage_tokens
     return {
         "id": new_id("resp"),
         "object": "response",

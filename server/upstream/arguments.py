@@ -20,7 +20,7 @@ import referencing
 import referencing.exceptions
 from jsonschema.protocols import Validator
 
-from server.upstream.jsonvalues import depth_of, is_array, is_object
+from server.upstream.jsonvalues import depth_of, is_array, is_object, scrub_json
 from server.upstream.schemas import MAX_DEPTH, StrictSchemaError, resolve_ref
 from server.upstream.translation import ArgumentError, FunctionSpec
 
@@ -162,6 +162,8 @@ def parse(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
         raise ArgumentError(
             f"the arguments for {spec.api_name} nest deeper than {MAX_ARGUMENT_DEPTH} levels; send flatter JSON"
         )
+    if "\\u" in arguments:  # an escape may have decoded to a lone surrogate, which nothing can write out
+        value = scrub_json(value)
     value = _drop_optional_nulls(value, spec.schema, spec.schema)
     try:
         # typeshed's jsonschema stubs leave out best_match's return type: the most relevant error, or None.

@@ -40,3 +40,17 @@ def scrub(text: str) -> str:
     if text.isascii():
         return text
     return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def scrub_json(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it (keys too) scrubbed; nesting beyond 200 levels is left as it is
+    (callers bound depth before this)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if depth > 200:
+        return value
+    if is_object(value):
+        return {scrub(k): scrub_json(v, depth + 1) for k, v in value.items()}
+    if is_array(value):
+        return [scrub_json(v, depth + 1) for v in value]
+    return value

@@ -176,4 +176,4 @@ def result_to_output(result: CallToolResult, limit: int = MAX_OUTPUT_CHARS) -> s
 
 
 def error_output(message: str) -> str:
-    return f"Error: {message}"
+    return scrub(f"Error: {message}")
