@@ -163,11 +163,15 @@ class Doctor:
                 "" if listed or not ids else "set KEY4U_MODEL to one of the listed models",
             )
         else:
+            body = mask(response.text, self.settings.secrets())[:200]  # masked before it is cut
+            rejected = response.status_code in (401, 403) or "no connected db" in body.lower()
             self.add(
                 "GET /models",
-                response.status_code not in (401, 403),
-                f"HTTP {response.status_code}",
-                "the key was rejected" if response.status_code in (401, 403) else "",
+                False,
+                f"HTTP {response.status_code}: {body}",
+                "the key was rejected: copy it again from the gateway console into KEY4U_API_KEY"
+                if rejected
+                else "the gateway did not list its models; check KEY4U_BASE_URL",
             )
 
     async def _respond(self, name: str, model: Model, request: ModelRequest) -> ModelResponse | errors.UpstreamError:
