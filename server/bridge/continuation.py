@@ -40,6 +40,17 @@ def running_elsewhere(conv: Conversation, request: RespondRequest) -> Conversati
     return conv
 
 
+def still_running(conv: Conversation, deadline: float) -> Conversation:
+    """What a caller sees of a conversation still running at its deadline: a copy, with how to wait."""
+    snapshot = conv.model_copy(update={"status": "in_progress"})
+    snapshot.notes = [
+        *conv.notes,
+        f"still working after {deadline:g} s; call key4u_respond "
+        f"with conversation_id={conv.id!r} (and nothing else) to wait for the result",
+    ]
+    return snapshot
+
+
 def add_request(conv: Conversation, request: RespondRequest) -> None:
     """Add what a follow-up call brings (options, function outputs, a prompt) to a claimed conversation."""
     if request.api not in (None, "auto") and conv.api not in (None, request.api):

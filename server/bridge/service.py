@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
 
-from server.bridge.continuation import add_request, running_elsewhere, settled
+from server.bridge.continuation import add_request, running_elsewhere, settled, still_running
 from server.bridge.conversation import Conversation, Options
 from server.bridge.jobs import Job, Jobs
 from server.bridge.loop import Loop, LoopLimits, Offer
@@ -64,10 +64,7 @@ class Bridge:
         self.planner = Planner(toolsets)
         self._told_notice = False
         self.jobs = Jobs(store, task_group, process_owner_id(), settings.claim_lease)
-        self.limits = LoopLimits(
-            concurrency=settings.tool_concurrency,
-            call_timeout=settings.tool_timeout,
-        )
+        self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout)
 
     async def respond(self, request: RespondRequest, progress: Progress | None) -> RespondResult:
         if self.upstream is None:
@@ -161,13 +158,7 @@ class Bridge:
             conv.notes.append(self.store.notice)
             self._told_notice = True
         if not job.done.is_set():
-            snapshot = conv.model_copy(update={"status": "in_progress"})
-            snapshot.notes = [
-                *conv.notes,
-                f"still working after {self.settings.deadline:g} s; call key4u_respond "
-                f"with conversation_id={conv.id!r} (and nothing else) to wait for the result",
-            ]
-            return RespondResult.of(snapshot, self.settings.secrets())
+            conv = still_running(conv, self.settings.deadline)
         return RespondResult.of(conv, self.settings.secrets())
 
     async def aclose(self) -> None:
