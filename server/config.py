@@ -156,6 +156,29 @@ class Settings(BaseSettings):
         ge=1024,
         validation_alias=AliasChoices("KEY4U_MCP_MAX_REQUEST_BYTES", "mcp_max_request_bytes"),
     )
+    mcp_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        validation_alias=AliasChoices("KEY4U_MCP_HEADER_TIMEOUT", "mcp_header_timeout"),
+        description="HTTP: seconds a connection has to send a complete request head (from connecting, or from the "
+        "first byte of its next request), and the longest a request body may stall; then it is closed.",
+    )
+    mcp_keep_alive_timeout: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        validation_alias=AliasChoices("KEY4U_MCP_KEEP_ALIVE_TIMEOUT", "mcp_keep_alive_timeout"),
+        description="HTTP: seconds an idle keep-alive connection is kept open after a response.",
+    )
+    mcp_max_connections: int = Field(
+        default=512,
+        ge=1,
+        validation_alias=AliasChoices("KEY4U_MCP_MAX_CONNECTIONS", "mcp_max_connections"),
+        description="HTTP: most open connections (a stateful MCP client holds two: its POSTs and its GET stream). "
+        "Beyond it the longest-idle connection (no request in flight) is closed to make room, and when every "
+        "connection has a request in flight a new one is refused (503).",
+    )
     db_path: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),

@@ -107,7 +107,11 @@ class Doctor:
         def chat(stream: bool) -> Model:
             return ChatModel(ChatClient(self.http, base_url=base, api_key=key, stream=stream, retry=NO_RETRY))
 
-        adapters: dict[str, Callable[[bool], Model]] = {"/v1/responses": responses, "/v1/chat/completions": chat}
+        prefix = urlsplit(base).path.rstrip("/")  # the paths as requested, e.g. /v1/responses
+        adapters: dict[str, Callable[[bool], Model]] = {
+            f"{prefix}/responses": responses,
+            f"{prefix}/chat/completions": chat,
+        }
         refused: dict[str, errors.UpstreamError] = {}
         for route, make in adapters.items():
             failure = await self._probe(f"{model} {route}", make(False), model)
@@ -119,7 +123,8 @@ class Doctor:
         self._verdict(model, refused)
 
     def _verdict(self, model: str, refused: dict[str, errors.UpstreamError]) -> None:
-        responses, chat = refused.get("/v1/responses"), refused.get("/v1/chat/completions")
+        prefix = urlsplit(self.settings.base_url).path.rstrip("/")
+        responses, chat = refused.get(f"{prefix}/responses"), refused.get(f"{prefix}/chat/completions")
         name = f"{model}: the bridge uses"
         if responses is None:
             self.add(name, True, "/v1/responses" + (" (chat completions works too)" if chat is None else ""))
@@ -133,7 +138,10 @@ class Doctor:
                 "set KEY4U_API_STYLE=chat to use /v1/chat/completions, which works",
             )
         elif route_not_served(responses) and route_not_served(chat):
-            self.add(name, False, "nothing: neither /v1/responses nor /v1/chat/completions exists", WRONG_BASE)
+            parts = urlsplit(self.settings.base_url)
+            guess = f"{parts.scheme}://{parts.netloc}/v1"
+            fix = WRONG_BASE + ("" if parts.path.rstrip("/") == "/v1" else f"; try {guess}")
+            self.add(name, False, "nothing: neither /responses nor /chat/completions exists at this base URL", fix)
         else:
             self.add(name, False, "nothing: both APIs fail for this model", advice(chat, model))
 
@@ -192,7 +200,7 @@ class Doctor:
             detail = response.summary[:200] + (" (this route does not serve it)" if not_served else "")
             self.add(name, not_served, detail, "" if not_served else advice(response, model_name))
             return response
-        stateless = "; store:false accepted" if name.endswith("/v1/responses") else ""
+        stateless = "; store:false accepted" if name.endswith("/responses") else ""
         self.add(
             name,
             True,

@@ -39,7 +39,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="key4u-mcp",
-        description="MCP server with local tools and a bridge to the Key4U (OpenAI-compatible) /v1/responses API. "
+        description="MCP server with local tools and a bridge to models behind the Key4U (OpenAI-compatible) gateway. "
         "With no command it serves MCP over stdio, for Claude Desktop, Claude Code, Cursor and VS Code.",
     )
     parser.add_argument("--version", action="version", version=f"key4u-mcp {__version__}")
@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor = commands.add_parser("doctor", help="check that the configured gateway, key and model support the bridge")
     doctor.add_argument("--model", dest="models", action="append", help="check this model instead (repeat for several)")
-    standin = commands.add_parser("stand-in", help="serve the offline stand-in of /v1/responses")
+    standin = commands.add_parser(
+        "stand-in", help="serve the offline stand-in of the model API (/v1/responses and /v1/chat/completions)"
+    )
     standin.add_argument("--host", dest="standin_host", default="127.0.0.1", help="address (default 127.0.0.1)")
     standin.add_argument("--port", dest="standin_port", type=int, default=8765, help="port (default 8765; 0: any free)")
     standin.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")

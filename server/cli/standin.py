@@ -11,7 +11,10 @@ from server.standin import StandIn
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     upstream = StandIn(host=args.standin_host, port=args.standin_port, api_key=args.api_key).start()
-    print(f"Offline stand-in of /v1/responses at {upstream.base_url} (Ctrl-C to stop)", flush=True)
+    print(
+        f"Offline stand-in of /v1/responses and /v1/chat/completions at {upstream.base_url} (Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -26,7 +26,8 @@ from server.upstream.translation import cap
 
 TOOL_NAME = "key4u_respond"
 DESCRIPTION = (
-    "Send a prompt to a model behind the Key4U gateway (any OpenAI-compatible /v1/responses endpoint), "
+    "Send a prompt to a model behind the Key4U gateway (GPT, Claude, Gemini, DeepSeek, ...; any "
+    "OpenAI-compatible gateway), "
     "letting that model call this server's local tools in parallel and functions you define. Returns the "
     "model's final answer with a trace of every tool call and the token usage. If the model calls one of "
     "your `functions`, the result has status 'requires_action' and `pending_calls`: run them and call again "

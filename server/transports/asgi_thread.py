@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -9,13 +10,26 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LifespanType
+from uvicorn.config import HTTPProtocolType, LifespanType
 
 
 class ThreadedServer:
-    """Serves ``app`` on ``host:port`` (port 0: a free one) until ``stop()``."""
+    """Serves ``app`` on ``host:port`` (port 0: a free one) until ``stop()``.
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, lifespan: LifespanType = "off") -> None:
+    ``http`` and ``timeout_keep_alive`` are uvicorn's (``transports.http.guarded_protocol`` makes an
+    ``http`` protocol with connection limits).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        lifespan: LifespanType = "off",
+        http: type[asyncio.Protocol] | HTTPProtocolType = "auto",
+        timeout_keep_alive: int = 5,
+    ) -> None:
         self.host = host
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -28,6 +42,8 @@ class ThreadedServer:
             access_log=False,
             lifespan=lifespan,
             timeout_graceful_shutdown=1,
+            http=http,
+            timeout_keep_alive=timeout_keep_alive,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -381,6 +381,9 @@ class Gateway:
             # LiteLLM without a database answers a wrong key this way.
             cls = errors.AuthenticationError
             kwargs["hint"] = "LiteLLM (without a database) rejected the key: check KEY4U_API_KEY"
+        elif status == 400 and re.search(r"invalid model name|model .* (does not exist|not found)", message, re.I):
+            cls = errors.NotFoundError
+            kwargs["hint"] = "the gateway does not offer this model: check the model name (key4u-mcp doctor)"
         elif status == 401:
             cls = errors.AuthenticationError
         elif status == 403:
@@ -407,12 +410,15 @@ class Gateway:
 
 
 def _gateway_retried(headers: httpx.Headers) -> bool:
-    """Whether the gateway says it retried this request itself (LiteLLM: ``x-litellm-attempted-retries``)."""
+    """Whether the gateway retried this request itself before answering: LiteLLM's proxy does (three
+    times by default, even for quota errors), and marks its replies with ``x-litellm-*`` headers."""
     value = headers.get("x-litellm-attempted-retries")
-    try:
-        return value is not None and int(value) > 0
-    except ValueError:
-        return False
+    if value is not None:
+        try:
+            return int(value) > 0
+        except ValueError:
+            return True
+    return any(name.lower().startswith("x-litellm-") for name in headers)
 
 
 __all__ = [

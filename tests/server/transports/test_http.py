@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from server.config import Settings
 from server.errors import ConfigError
 from server.standin import StandIn
-from server.transports.asgi_thread import ThreadedServer
 from server.transports.http import build_http_app, is_loopback
 from tests.helpers import INITIALIZE, settings_for, text_of
+from tests.server.transports.serving import http_client, served
 
 pytestmark = pytest.mark.anyio
 TOKEN = "mcp-token-for-tests-0123456789"
@@ -27,19 +24,8 @@ MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, 
 
 @contextmanager
 def http_bridge(settings: Settings, *, stateless: bool = False, host: str = "127.0.0.1") -> Iterator[str]:
-    app = build_http_app(settings, host, stateless=stateless)
-    with ThreadedServer(app, lifespan="on") as server:
+    with served(settings, stateless=stateless, host=host) as server:
         yield f"{server.url}/mcp"
-
-
-@asynccontextmanager
-async def http_client(url: str, token: str | None = None) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
-    ):
-        yield client
 
 
 async def test_tools_over_http(standin: StandIn, tmp_path: Path) -> None:

@@ -269,3 +269,22 @@ def test_deep_arguments_and_deep_or_huge_schemas_are_refused_clearly() -> None:
     }
     with pytest.raises(UnsupportedToolError, match="at most 262144"):
         to_function_tool("huge", "", huge, "huge")
+
+
+async def test_a_request_litellm_already_retried_is_not_retried_again() -> None:
+    attempts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(1)
+        headers = {"x-litellm-call-id": "abc"} if len(attempts) < 10 else {}
+        return httpx.Response(500, json={"error": {"message": "upstream down"}}, headers=headers)
+
+    client = ChatClient(http_for(handler), base_url="https://gw.test/v1", api_key=FAKE_KEY, stream=False)
+    client.gateway.retry = RetryPolicy(max_retries=2, max_wait=0.01, budget=5)
+    with pytest.raises(errors.ServerError):
+        await ChatModel(client).respond(ASK)
+    assert len(attempts) == 1  # LiteLLM retried three times itself: ours would make it nine
+    invalid = lambda request: httpx.Response(400, json={"error": {"message": "Invalid model name passed in model=x"}})  # noqa: E731
+    with pytest.raises(errors.NotFoundError) as caught:
+        await chat(invalid, stream=False).respond(ASK)
+    assert "does not offer this model" in str(caught.value)
