@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.common import REPO, machine
 
 sys.path.insert(0, str(REPO))
-from tests.test_fault_matrix import MODEL_ROWS, UPSTREAM_ROWS
+from tests.test_fault_matrix import HOSTILE_ROWS, MODEL_ROWS, UPSTREAM_ROWS
 
 SPECIAL = {
     "test_client_cancel_mid_turn": ("client cancels mid-turn", "the upstream request is dropped; next call works"),
@@ -21,6 +21,14 @@ SPECIAL = {
     "test_a_64_mib_request_line": (
         "a 64 MiB request line",
         "dropped with a warning, never held whole; next call answered",
+    ),
+    "test_an_unusable_database_is_a_clear_error_and_the_local_tools_still_work": (
+        "an unusable database (a directory)",
+        "a tool error naming the file and KEY4U_DB_PATH, every call; local tools work",
+    ),
+    "test_a_corrupt_database_is_moved_aside_with_the_users_knowledge": (
+        "a corrupt database file",
+        "moved aside to <name>.corrupt-<time>, told in the next result and the log; a new one works",
     ),
 }
 
@@ -56,6 +64,9 @@ def main() -> None:
     for name, _, _, status, fragment in MODEL_ROWS:
         expected = f"status {status}; the call outputs or the result say “{fragment}”"
         rows.append((name, expected, *outcomes.get(f"test_model_or_tool_fault[{name}]", ("missing", 0.0))))
+    for name, _, _, status, fragment in HOSTILE_ROWS:
+        expected = f"status {status}; says “{fragment}”; the key in no result, transcript, log or database file"
+        rows.append((name, expected, *outcomes.get(f"test_hostile_input[{name}]", ("missing", 0.0))))
     for test, (name, expected) in SPECIAL.items():
         rows.append((name, expected, *outcomes.get(test, ("missing", 0.0))))
     info = machine()
@@ -79,12 +90,15 @@ def main() -> None:
     lines += [f"| {name} | {expected} | {result} | {secs:.2f} |" for name, expected, result, secs in rows]
     lines += [
         "",
-        "Other failure paths have their own tests: every error class and retry rule of the Responses client",
-        "(`tests/server/upstream/test_responses.py`), downstream servers that never start, crash mid-call, hang or",
-        "change their tools (`tests/server/toolsets/test_hub.py`), the HTTP transport's auth, "
-        "Host/Origin and size checks",
-        "(`tests/server/transports/test_http.py`), property-based tests of the translation",
-        "(`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run (`tests/test_fuzz_mcp.py`).",
+        "Other failure paths have their own tests: every error class and retry rule of both model APIs",
+        "(`tests/server/upstream/test_responses.py`, `test_chat.py`, `test_routing.py`), a hostile gateway byte by",
+        "byte and hostile schemas (`tests/server/upstream/test_hostile.py`), downstream servers that never start,",
+        "never answer `initialize`, crash mid-call, hang, ignore SIGTERM or read the environment",
+        "(`tests/server/toolsets/test_hub.py`, `test_hub_hostile.py`), database faults",
+        "(`tests/server/store/test_faults.py`), the HTTP transport's auth, Host/Origin and size checks, slow and",
+        "idle clients, health and invalid messages (`tests/server/transports/`), property-based tests of the",
+        "translation (`tests/server/upstream/test_translation.py`) and a bounded `mcp-fuzzer` run",
+        "(`tests/test_fuzz_mcp.py`).",
     ]
     (REPO / "RELIABILITY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
