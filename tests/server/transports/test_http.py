@@ -12,8 +12,9 @@ import pytest
 
 from server.config import Settings
 from server.errors import ConfigError
-from server.standin import StandIn
+from server.standin import Faults, StandIn
 from server.transports.http import build_http_app, is_loopback
+from tests.conftest import FAKE_KEY
 from tests.helpers import INITIALIZE, settings_for, text_of
 from tests.server.transports.serving import http_client, served
 
@@ -98,3 +99,30 @@ async def test_stateless_replicas_share_one_conversation(standin: StandIn, tmp_p
             )
     assert done.structured_content["status"] == "completed"  # type: ignore[index]
     assert "22 C, clear" in text_of(done)
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+async def test_hostile_replies_over_http_leave_the_service_healthy(
+    standin: StandIn, tmp_path: Path, stateless: bool
+) -> None:
+    """The faults that used to leave the HTTP service answering 500 (with /healthz still ok): each gets a
+    clear result, the next call is served, and the key shows nowhere."""
+    settings = settings_for(standin.base_url, tmp_path, mcp_token=TOKEN)
+    with http_bridge(settings, stateless=stateless) as url:
+        async with http_client(url, TOKEN) as client:
+            seen = ""
+            for faults in (
+                Faults(answer_text=f"bad \ud800 {FAKE_KEY}", model_alias=FAKE_KEY),
+                Faults(bad_arguments='{"a": ' + "[" * 300 + "]" * 300 + "}"),
+                Faults(same_call_ids=True),
+            ):
+                standin.faults = faults
+                result = await client.call_tool("key4u_respond", {"prompt": "Calculate 2 + 3 and 4 + 5"})
+                seen += text_of(result) + str(result.structured_content)
+            standin.faults = Faults()
+            after = await client.call_tool("key4u_respond", {"prompt": "Calculate 1 + 1"})
+        health = httpx.get(url.replace("/mcp", "/healthz"))
+    assert "bad \ufffd ***" in seen and "nest deeper than 64" in seen and FAKE_KEY not in seen
+    assert after.structured_content["status"] == "completed"  # type: ignore[index]
+    assert health.status_code == 200
+    assert FAKE_KEY.encode() not in (tmp_path / "conversations.db").read_bytes()
