@@ -179,8 +179,8 @@ def strict_problem(schema: Any, path: str = "") -> str | None:
     return None
 
 
-def check_function(name: Any, params: Any, strict: bool, where: str) -> None:
-    """Refuse a function definition at ``where`` (``tools[0]``, ``tools[0].function``) as OpenAI does."""
+def check_name(name: Any, where: str) -> None:
+    """Refuse a tool (or namespace) name at ``where`` that OpenAI refuses: ``[a-zA-Z0-9_-]``, 1 to 64 long."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise RequestError(
             400,
@@ -189,6 +189,11 @@ def check_function(name: Any, params: Any, strict: bool, where: str) -> None:
             param=f"{where}.name",
             code="invalid_value",
         )
+
+
+def check_function(name: Any, params: Any, strict: bool, where: str) -> None:
+    """Refuse a function definition at ``where`` (``tools[0]``, ``tools[0].function``) as OpenAI does."""
+    check_name(name, where)
     if params is not None and (not is_object(params) or params.get("type", "object") != "object"):
         raise RequestError(
             400,
@@ -212,10 +217,14 @@ def check_function(name: Any, params: Any, strict: bool, where: str) -> None:
 def plan_turn(
     prompt: str, tools: list[dict[str, Any]], done: set[str], tool_choice: Any, parallel: bool, faults: Faults
 ) -> list[model.PlannedCall]:
-    """This turn's calls; ``tools`` and ``tool_choice`` in the Responses shape (``name`` at the top)."""
+    """This turn's calls; ``tools`` and ``tool_choice`` in the Responses shape (``name`` at the top).
+
+    ``tools`` are the functions on offer: a function of a namespace carries its ``namespace`` (see
+    ``model.plan_calls``); tools of other types are never called."""
     first = next((t for t in tools if t.get("type") == "function"), None)
     if faults.tool_call_loop and first is not None:
-        planned = [model.PlannedCall(first["name"], model.plan_arguments(prompt, first.get("parameters") or {}, False))]
+        arguments = model.plan_arguments(prompt, first.get("parameters") or {}, False)
+        planned = [model.PlannedCall(first["name"], arguments, first.get("namespace"))]
     else:
         planned = model.plan_calls(prompt, tools, done, tool_choice, parallel)
     if faults.call_unknown_tool and faults.call_unknown_tool not in done:

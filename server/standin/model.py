@@ -9,6 +9,8 @@ It is not a language model and never pretends to be one: every answer it writes 
   letters ("calculator" matches "Calculate"). Arguments come from the prompt where a rule knows
   the parameter (numbers around an operator, "N random numbers between X and Y", a quoted string,
   a time zone name), else from the schema's default, else a plain value of the right type.
+* Only function tools are called, top-level or offered inside a ``namespace`` (the call then
+  names its namespace); built-in tools (web search, file search, ...) and custom tools never are.
 * It calls every asked-for tool at once (one at a time when ``parallel_tool_calls`` is false),
   never the same tool twice in one conversation, and answers once every call has its output.
 """
@@ -54,10 +56,19 @@ def is_array(value: object) -> TypeGuard[list[Any]]:
 
 @dataclass(frozen=True)
 class PlannedCall:
-    """One function call the stand-in will make this turn: the tool's name and its arguments."""
+    """One function call the stand-in will make this turn: the tool's name, its arguments, and the
+    namespace the tool was offered in (None for a top-level function)."""
 
     name: str
     arguments: dict[str, Any]
+    namespace: str | None = None
+
+
+def tool_key(name: str, namespace: str | None = None) -> str:
+    """What tells offered functions apart: the name, qualified by its namespace (``ns.name``) if any.
+
+    Function and namespace names never contain a dot, so the key is unambiguous."""
+    return f"{namespace}.{name}" if namespace else name
 
 
 def _stem(word: str) -> str:
@@ -153,21 +164,31 @@ def plan_arguments(prompt: str, parameters: dict[str, Any], strict: bool) -> dic
 def plan_calls(
     prompt: str, tools: list[dict[str, Any]], done: set[str], tool_choice: Any, parallel: bool
 ) -> list[PlannedCall]:
-    """The calls for this turn: tools asked for and not yet called."""
+    """The calls for this turn: tools asked for and not yet called.
+
+    Only ``function`` tools are ever called (a function of a namespace comes with its ``namespace``
+    key); ``done`` holds the ``tool_key`` of each function called already."""
     functions = [t for t in tools if t.get("type") == "function"]
     if tool_choice == "none":
         return []
+
+    def key(tool: dict[str, Any]) -> str:
+        return tool_key(tool["name"], tool.get("namespace"))
+
     if is_object(tool_choice) and tool_choice.get("type") == "function":
         functions = [t for t in functions if t.get("name") == tool_choice.get("name")]
-        wanted = [t for t in functions if t["name"] not in done]
+        wanted = [t for t in functions if key(t) not in done]
     else:
-        wanted = [t for t in functions if t["name"] not in done and asks_for(prompt, t["name"])]
+        wanted = [t for t in functions if key(t) not in done and asks_for(prompt, t["name"])]
         if not wanted and tool_choice == "required" and functions and not done:
             wanted = functions[:1]
     if not parallel:
         wanted = wanted[:1]
     return [
-        PlannedCall(t["name"], plan_arguments(prompt, t.get("parameters") or {}, bool(t.get("strict")))) for t in wanted
+        PlannedCall(
+            t["name"], plan_arguments(prompt, t.get("parameters") or {}, bool(t.get("strict"))), t.get("namespace")
+        )
+        for t in wanted
     ]
 
 

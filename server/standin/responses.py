@@ -19,6 +19,7 @@ from server.standin.common import (
     call_arguments,
     call_ids,
     check_function,
+    check_name,
     json_reply,
     message_text,
     new_id,
@@ -31,25 +32,123 @@ from server.standin.model import is_array, is_object
 # --- request checks ----------------------------------------------------------------------------
 
 
+TOOL_TYPES = (
+    "function",
+    "file_search",
+    "computer",
+    "computer_use_preview",
+    "web_search",
+    "web_search_2025_08_26",
+    "mcp",
+    "code_interpreter",
+    "programmatic_tool_calling",
+    "image_generation",
+    "local_shell",
+    "shell",
+    "custom",
+    "namespace",
+    "tool_search",
+    "web_search_preview",
+    "web_search_preview_2025_03_11",
+    "apply_patch",
+)
+"""The ``type`` values of a Responses tool (openai-python's ``ToolParam``). Only ``function`` tools,
+top-level or inside a ``namespace``, are ever called by the stand-in; the others are accepted and
+left alone (they are the platform's own tools, or take free-form input)."""
+NAMESPACE_TOOL_TYPES = ("function", "custom")
+"""The ``type`` values of a tool inside a namespace."""
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "file_search": ("vector_store_ids",),
+    "computer_use_preview": ("display_height", "display_width", "environment"),
+    "mcp": ("server_label",),
+    "code_interpreter": ("container",),
+    "custom": ("name",),
+    "namespace": ("name", "description", "tools"),
+}
+"""Required fields of the tool types that have any besides ``type`` (and a function's ``name``)."""
+
+
+def _supported(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def _check_type(tool: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if not is_object(tool) or "type" not in tool:
+        raise RequestError(400, f"Missing required parameter: '{where}.type'.", param=f"{where}.type")
+    kind = tool["type"]
+    if kind not in allowed:
+        raise RequestError(
+            400,
+            f"Invalid value: '{kind}'. Supported values are: {_supported(allowed)}.",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    for key in _REQUIRED.get(kind, ()):
+        if key not in tool:
+            raise RequestError(400, f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
+    return kind
+
+
+def _check_function_tool(tool: dict[str, Any], where: str) -> None:
+    if "function" in tool and "name" not in tool:
+        raise RequestError(
+            400,
+            f"Missing required parameter: '{where}.name'. (Chat Completions' nested "
+            "'function' object is not the Responses shape.)",
+            param=f"{where}.name",
+        )
+    check_function(tool.get("name"), tool.get("parameters"), tool.get("strict") is True, where)
+
+
+def _check_namespace(tool: dict[str, Any], where: str) -> None:
+    check_name(tool["name"], where)
+    if not isinstance(tool["description"], str):
+        raise RequestError(
+            400, f"Invalid type for '{where}.description': expected a string.", param=f"{where}.description"
+        )
+    nested: Any = tool["tools"]
+    if not is_array(nested):
+        raise RequestError(400, f"Invalid type for '{where}.tools': expected an array.", param=f"{where}.tools")
+    for j, inner in enumerate(nested):
+        inner_where = f"{where}.tools[{j}]"
+        kind = _check_type(inner, inner_where, NAMESPACE_TOOL_TYPES)
+        if kind == "function":
+            _check_function_tool(inner, inner_where)
+        else:
+            check_name(inner["name"], inner_where)
+
+
 def check_tools(tools: Any) -> list[dict[str, Any]]:
+    """The request's ``tools``, refused (400) where the real endpoint refuses them."""
     if tools is None:
         return []
     if not is_array(tools):
         raise RequestError(400, "Invalid type for 'tools': expected an array.", param="tools")
     for i, tool in enumerate(tools):
-        if not is_object(tool) or "type" not in tool:
-            raise RequestError(400, f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type")
-        if tool["type"] != "function":
-            continue
-        if "function" in tool and "name" not in tool:
-            raise RequestError(
-                400,
-                f"Missing required parameter: 'tools[{i}].name'. (Chat Completions' nested "
-                "'function' object is not the Responses shape.)",
-                param=f"tools[{i}].name",
-            )
-        check_function(tool.get("name"), tool.get("parameters"), tool.get("strict") is True, f"tools[{i}]")
+        kind = _check_type(tool, f"tools[{i}]", TOOL_TYPES)
+        if kind == "function":
+            _check_function_tool(tool, f"tools[{i}]")
+        elif kind == "namespace":
+            _check_namespace(tool, f"tools[{i}]")
+        elif kind == "custom":
+            check_name(tool["name"], f"tools[{i}]")
     return tools
+
+
+def offered_functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The function tools the model may call, from checked ``tools``: the top-level ones and those
+    of each namespace, the latter with a ``namespace`` key naming it. Built-in and custom tools are
+    never among them."""
+    functions: list[dict[str, Any]] = []
+    for tool in tools:
+        if tool["type"] == "function":
+            functions.append(tool)
+        elif tool["type"] == "namespace":
+            functions += [{**t, "namespace": tool["name"]} for t in tool["tools"] if t["type"] == "function"]
+    return functions
 
 
 def check_input(items: list[dict[str, Any]]) -> None:
@@ -68,6 +167,10 @@ def check_input(items: list[dict[str, Any]]) -> None:
         if item.get("type") == "function_call" and not isinstance(item.get("arguments"), str):
             raise RequestError(
                 400, f"Invalid type for 'input[{i}].arguments': expected a string.", param=f"input[{i}].arguments"
+            )
+        if item.get("type") == "function_call" and not isinstance(item.get("namespace", ""), str):
+            raise RequestError(
+                400, f"Invalid type for 'input[{i}].namespace': expected a string.", param=f"input[{i}].namespace"
             )
         if item.get("type") == "function_call_output" and not isinstance(item.get("output"), str | list):
             raise RequestError(
@@ -98,23 +201,30 @@ def as_items(value: Any) -> list[dict[str, Any]]:
 # --- building the response -----------------------------------------------------------------------
 
 
+def _call_key(call: dict[str, Any]) -> str:
+    """The ``model.tool_key`` of a replayed function call (its namespace, if any, qualifies its name)."""
+    name, namespace = call.get("name"), call.get("namespace")
+    return model.tool_key(str(name or ""), namespace if isinstance(namespace, str) else None)
+
+
 def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Faults) -> dict[str, Any]:
     tools = check_tools(body.get("tools"))
     users = [n for n, i in enumerate(items) if i.get("type") == "message" and i.get("role") == "user"]
     prompt = message_text(items[users[-1]]) if users else ""
-    names = {c.get("call_id"): c.get("name", "") for c in items if c.get("type") == "function_call"}
+    calls = {c.get("call_id"): c for c in items if c.get("type") == "function_call"}
     # The outputs of the turn since the last user message are what the answer reports.
     turn = [o for o in items[(users[-1] if users else -1) + 1 :] if o.get("type") == "function_call_output"]
     turn_outputs = [
         (
-            names.get(o.get("call_id"), "?"),
+            str(calls.get(o.get("call_id"), {}).get("name", "?")),
             o["output"] if isinstance(o.get("output"), str) else json.dumps(o.get("output")),
         )
         for o in turn
     ]
-    done = {names.get(o.get("call_id"), "") for o in turn}
+    done = {_call_key(calls.get(o.get("call_id"), {})) for o in turn}
     parallel = body.get("parallel_tool_calls", True) is not False
-    planned = plan_turn(prompt, tools, done, body.get("tool_choice", "auto"), parallel, faults)
+    functions = offered_functions(tools)
+    planned = plan_turn(prompt, functions, done, body.get("tool_choice", "auto"), parallel, faults)
 
     output: list[dict[str, Any]] = []
     reasoning: dict[str, Any] | None = body.get("reasoning") if is_object(body.get("reasoning")) else None
@@ -134,6 +244,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
                 "arguments": call_arguments(call, faults),
                 "call_id": call_id,
                 "name": call.name,
+                **({"namespace": call.namespace} if call.namespace else {}),
             }
         )
     if not planned:
