@@ -13,21 +13,18 @@ from pydantic import BaseModel, Field
 from tools.errors import ToolInputError
 
 NAME = "current_time"
-DESCRIPTION = (
-    "Get the current system time. Optionally pass an IANA time zone name "
-    "(e.g. 'Europe/Paris'); by default the machine's local zone is used."
-)
+DESCRIPTION = "The current time in the machine's local zone or an IANA zone you name."
 
 
 class CurrentTime(BaseModel):
     """The current time, as ISO-8601 with offset and as Unix time."""
 
-    iso: str = Field(description="ISO-8601 date and time with UTC offset.")
-    timezone: str = Field(description="IANA zone name the time is given in.")
-    abbreviation: str = Field(description="Zone abbreviation in effect, e.g. CET or EDT.")
-    utc_offset: str = Field(description="Offset from UTC as +HH:MM.")
-    unix_time: float = Field(description="Seconds since 1970-01-01T00:00:00Z.")
-    weekday: str = Field(description="Day of the week in English.")
+    iso: str = Field(description="ISO-8601, with UTC offset")
+    timezone: str = Field(description="IANA zone")
+    abbreviation: str = Field(description="e.g. CET")
+    utc_offset: str = Field(description="+HH:MM")
+    unix_time: float = Field(description="seconds")
+    weekday: str = Field(description="in English")
 
     def summary(self) -> str:
         return f"{self.iso} ({self.timezone}, {self.abbreviation}, {self.weekday}); Unix time {self.unix_time:.3f}"
@@ -55,7 +52,7 @@ def _zone(name: str) -> ZoneInfo:
 def current_time(
     timezone: Annotated[
         str | None,
-        Field(description="IANA time zone name, e.g. 'Asia/Tokyo' (default: the machine's local zone)", max_length=64),
+        Field(description="IANA zone, e.g. 'Asia/Tokyo' (default: local zone)", max_length=64),
     ] = None,
 ) -> CurrentTime:
     """Return the current time in ``timezone`` (default: the local zone)."""

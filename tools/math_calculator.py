@@ -17,10 +17,7 @@ from pydantic import BaseModel, Field
 from tools.errors import ToolInputError
 
 NAME = "math_calculator"
-DESCRIPTION = (
-    "Perform basic mathematical operations including addition, subtraction, multiplication, "
-    "division, and exponentiation"
-)
+DESCRIPTION = "a + b, a - b, a * b, a / b or a^b; exact for decimal input."
 
 Operation = Literal["add", "subtract", "multiply", "divide", "power"]
 OPERATIONS: tuple[Operation, ...] = ("add", "subtract", "multiply", "divide", "power")
@@ -64,9 +61,9 @@ class Calculation(BaseModel):
     operation: Operation
     a: float
     b: float
-    result: int | float = Field(description="The result as a JSON number (nearest double).")
-    exact: str = Field(description=f"The result as a decimal string, exact up to {_PRECISION} significant digits.")
-    expression: str = Field(description="The calculation written out, e.g. '123.5 + 456.7 = 580.2'.")
+    result: int | float = Field(description="nearest double")
+    exact: str = Field(description=f"exact decimal, up to {_PRECISION} significant digits")
+    expression: str = Field(description="e.g. '1.5 + 2 = 3.5'")
 
     def summary(self) -> str:
         return self.expression
@@ -131,11 +128,9 @@ def _compute(op: Operation, a: Decimal, b: Decimal) -> Decimal:
 
 
 def math_calculator(
-    operation: Annotated[
-        str, Field(description="Operation type: add, subtract, multiply, divide, power", max_length=32)
-    ],
-    a: Annotated[float, Field(description="First number", allow_inf_nan=False)],
-    b: Annotated[float, Field(description="Second number", allow_inf_nan=False)],
+    operation: Annotated[str, Field(description="add, subtract, multiply, divide or power", max_length=32)],
+    a: Annotated[float, Field(allow_inf_nan=False)],
+    b: Annotated[float, Field(allow_inf_nan=False)],
 ) -> Calculation:
     """Apply ``operation`` to ``a`` and ``b`` (``a`` is the base of a power)."""
     op = _parse_operation(operation)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from tools.errors import ToolInputError
 
 NAME = "random_generator"
-DESCRIPTION = "Generate random numbers within a specified range, supports batch generation"
+DESCRIPTION = "Uniformly random integers from min to max inclusive."
 MAX_COUNT = 10
 #: Bounds beyond this are refused: they would not survive a round trip through a JavaScript client.
 MAX_ABS = 2**53 - 1
@@ -19,7 +19,7 @@ _rng = random.SystemRandom()
 
 
 class RandomNumbers(BaseModel):
-    """Integers drawn independently and uniformly from ``min`` to ``max`` inclusive."""
+    """Integers drawn uniformly from min to max inclusive."""
 
     numbers: list[int]
     min: int
@@ -31,9 +31,9 @@ class RandomNumbers(BaseModel):
 
 
 def random_generator(
-    min: Annotated[int, Field(description="Minimum value (default 1)")] = 1,
-    max: Annotated[int, Field(description="Maximum value (default 100)")] = 100,
-    count: Annotated[int, Field(description=f"Number of values to generate (default 1, maximum {MAX_COUNT})")] = 1,
+    min: int = 1,
+    max: int = 100,
+    count: Annotated[int, Field(description=f"how many, 1 to {MAX_COUNT}")] = 1,
 ) -> RandomNumbers:
     """Draw ``count`` integers from ``min`` to ``max`` inclusive."""
     if min > max:

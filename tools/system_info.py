@@ -14,34 +14,30 @@ from collections.abc import Callable
 from pydantic import BaseModel, Field
 
 NAME = "system_info"
-DESCRIPTION = (
-    "Get basic system information including operating system, Python version (this server runs on "
-    "Python, so it reports the Python runtime where other implementations report Java), "
-    "CPU count, memory usage, load average and uptime."
-)
+DESCRIPTION = "This machine's OS, Python runtime, CPU count, memory, load average and uptime."
 
 
 class Memory(BaseModel):
-    """The machine's physical memory: total, available now, and the share in use."""
+    """Physical memory."""
 
     total_bytes: int
     available_bytes: int
-    used_percent: float = Field(description="Share of memory in use, 0 to 100.")
+    used_percent: float = Field(description="0 to 100")
 
 
 class SystemInfo(BaseModel):
     """A snapshot of the machine this server runs on."""
 
-    os: str = Field(description="Operating system name, e.g. Linux, Darwin, Windows.")
+    os: str = Field(description="Linux, Darwin, Windows, ...")
     os_release: str
     architecture: str
     python_version: str
     python_implementation: str
-    cpu_count: int | None = Field(description="Logical CPUs.")
-    cpu_physical_count: int | None = Field(description="Physical cores, where known.")
+    cpu_count: int | None = Field(description="logical")
+    cpu_physical_count: int | None
     memory: Memory
-    load_average: list[float] | None = Field(description="1, 5 and 15 minute load, where the OS has one.")
-    uptime_seconds: int | None = Field(description="Seconds since the machine booted.")
+    load_average: list[float] | None = Field(description="1, 5, 15 min")
+    uptime_seconds: int | None
 
     def summary(self) -> str:
         gib = 1024**3

@@ -55,11 +55,12 @@ def _wrap(tool: LocalTool) -> Callable[..., CallToolResult]:
 
 
 def annotations_for(tool: LocalTool) -> ToolAnnotations:
+    """Read-only and closed-world. Left out, since every tool listing is context a host pays for: the
+    title (the tool's own ``title`` comes first), and the hints the spec counts only for tools that are
+    not read-only (``destructiveHint``; ``idempotentHint`` but where it is true)."""
     return ToolAnnotations(
-        title=tool.title,
         read_only_hint=True,
-        destructive_hint=False,
-        idempotent_hint=tool.idempotent,
+        idempotent_hint=True if tool.idempotent else None,
         open_world_hint=False,
     )
 
