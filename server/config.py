@@ -99,11 +99,11 @@ class Settings(BaseSettings):
     tool_concurrency: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency")
     )
-    max_result_chars: int = Field(
-        default=60_000,
+    max_result_chars: int | None = Field(
+        default=None,
         ge=1000,
         validation_alias=AliasChoices("KEY4U_MAX_RESULT_CHARS", "max_result_chars"),
-        description="Cap on the text key4u_respond returns (hosts cap tool results).",
+        description="Budget for key4u_respond's whole result (default: what the calling host passes on whole).",
     )
     max_reply_bytes: int = Field(
         default=32 * 1024 * 1024,

@@ -16,15 +16,25 @@ from server.bridge.conversation import Conversation, ToolCallTrace
 from server.bridge.request import FunctionOutput as CallerOutput
 from server.bridge.request import RespondRequest
 from server.upstream.jsonvalues import scrub
-from server.upstream.model import FunctionOutput, Message
+from server.upstream.model import FunctionCall, FunctionOutput, Message
 
 
 def settled(conv: Conversation) -> Conversation:
     """A stored conversation nobody runs: one saved as running was left by a process that stopped."""
     if conv.status == "in_progress":
-        conv.status = "incomplete"
+        conv.status, conv.interrupted = "incomplete", True
         conv.notes = [*conv.notes, "the process running this conversation stopped before it finished"]
     return conv
+
+
+def resume(conv: Conversation) -> None:
+    """Ready an interrupted conversation to run again: calls left without an output get one (the API
+    refuses a history with unanswered calls), and the notes of the interruption go."""
+    answered = {i.call_id for i in conv.items if isinstance(i, FunctionOutput)}
+    for item in list(conv.items):
+        if isinstance(item, FunctionCall) and item.call_id not in answered:
+            conv.items.append(FunctionOutput(call_id=item.call_id, output="Error: not run: the call was interrupted"))
+    conv.interrupted, conv.notes, conv.error = False, [], None
 
 
 def running_elsewhere(conv: Conversation, request: RespondRequest) -> Conversation:
@@ -64,6 +74,8 @@ def add_request(conv: Conversation, request: RespondRequest) -> None:
         _add_function_outputs(conv, request.function_outputs or [])
     elif request.function_outputs:
         raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
+    if conv.interrupted:
+        resume(conv)
     if request.prompt:
         conv.items.append(Message(role="user", text=scrub(request.prompt)))
     conv.notes, conv.error = [], None

@@ -88,6 +88,8 @@ class Conversation(BaseModel):
     options: Options
     #: The whole history, in neutral form: prompts, the model's messages and calls, and call outputs.
     items: list[Item] = Field(default_factory=list[Item])
+    #: Stopped by a cancelled call: a later call with only the id resumes it.
+    interrupted: bool = False
     #: The model API this conversation uses, fixed at its first turn (None until then).
     api: ApiStyle | None = None
     #: Index in ``items`` from which items are new since the last stored response.

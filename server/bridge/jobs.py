@@ -86,7 +86,12 @@ class Jobs:
                     await loop.run(conv)
                 tg.cancel_scope.cancel()
             if job.scope.cancelled_caught:
-                conv.status, conv.error = "failed", "cancelled by the client"
+                # A host that timed out looks the same as a person who pressed stop: keep the work.
+                conv.status, conv.interrupted = "incomplete", True
+                conv.notes.append(
+                    f"interrupted: the call was cancelled (or the host timed out); call key4u_respond with "
+                    f"conversation_id={conv.id!r} to resume it"
+                )
         except Exception as exc:  # never let one conversation take the server down
             logger.exception("conversation %s crashed", conv.id)
             conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"

@@ -71,6 +71,9 @@ class LoopLimits:
     concurrency: int = 16
     call_timeout: float = 60.0
     output_chars: int = MAX_OUTPUT_CHARS
+    heartbeat: float = 10.0
+    """Longest silence, in seconds, between progress reports while a turn waits on the model: hosts with an
+    idle timeout reset it on progress."""
 
 
 def model_request(conv: Conversation, tools: Offer) -> ModelRequest:
@@ -123,10 +126,36 @@ class Loop:
     progress: Progress | None = None
     clock_start: float = field(default_factory=time.perf_counter)
     _last_delta_report: float = field(default_factory=time.perf_counter)
+    _last_said: float = field(default_factory=time.perf_counter)
 
     async def _say(self, message: str) -> None:
+        self._last_said = time.perf_counter()
         if self.progress is not None:
             await self.progress(message)
+
+    async def _ask(self, conv: Conversation, turn: int) -> ModelResponse:
+        """One model turn, with progress at least every ``heartbeat`` seconds until it answers."""
+        response: ModelResponse | None = None
+        failure: UpstreamError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat, turn, conv.options.model)
+            try:
+                response = await self.model.respond(model_request(conv, self.tools), self._on_event)
+            except UpstreamError as exc:  # raised as itself, not inside the task group's exception group
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        assert response is not None
+        return response
+
+    async def _heartbeat(self, turn: int, model: str) -> None:
+        """While the model is silent (a reasoning model thinking), say so every ``heartbeat`` seconds."""
+        started = time.perf_counter()
+        while True:
+            await anyio.sleep(max(0.05, self.limits.heartbeat - (time.perf_counter() - self._last_said)))
+            if time.perf_counter() - self._last_said >= self.limits.heartbeat:
+                await self._say(f"turn {turn}: still waiting for {model} ({time.perf_counter() - started:.0f} s)")
 
     async def run(self, conv: Conversation) -> Conversation:
         """Advance ``conv`` until it is completed, needs the caller, or stops; never raises
@@ -149,7 +178,7 @@ class Loop:
         """One model turn; True when the conversation stops here."""
         turn = conv.turns + 1
         await self._say(f"turn {turn}: waiting for {conv.options.model}")
-        response = await self.model.respond(model_request(conv, self.tools), self._on_event)
+        response = await self._ask(conv, turn)
         conv.turns, conv.api = turn, response.api
         conv.model = response.model or conv.model
         _add_usage(conv, response)

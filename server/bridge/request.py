@@ -30,7 +30,7 @@ class FunctionOutput(BaseModel):
     """The result of one pending call, sent back by the caller."""
 
     call_id: str = Field(min_length=1)
-    output: Any = Field(description="The function's result: a string, or any JSON value (sent as JSON).")
+    output: Any = Field(description="A string or any JSON value.")
 
 
 class RespondRequest(BaseModel):
@@ -44,42 +44,43 @@ class RespondRequest(BaseModel):
         """Lone surrogates (valid JSON escapes, unwritable as UTF-8) replaced in every string the host sent."""
         return scrub_json(data)
 
-    prompt: str | None = Field(default=None, description="The user message. Required unless conversation_id is given.")
-    instructions: str | None = Field(default=None, description="System/developer instructions for the model.")
-    model: str | None = Field(default=None, description="Model name at the gateway (default: the KEY4U_MODEL setting).")
+    prompt: str | None = Field(default=None, description="The user message (required for a new conversation).")
+    instructions: str | None = Field(default=None, description="System instructions.")
+    model: str | None = Field(default=None, description="Model at the gateway (default KEY4U_MODEL).")
     tools: list[str] | None = Field(
         default=None,
-        description="Names of this server's tools the model may call (default: all local tools; [] for none).",
+        description="This server's tools the model may call (default all; [] none).",
     )
     functions: list[FunctionDefinition] | None = Field(
         default=None,
-        description="Your own tool definitions (name, description, inputSchema). The model may call them; they "
-        "come back to you as pending_calls.",
+        description="Your tools (name, description, inputSchema); their calls come back as pending_calls.",
     )
     function_outputs: list[FunctionOutput] | None = Field(
         default=None,
-        description="Results of pending_calls (call_id, output), sent with the conversation_id that asked for them.",
+        description="Results of pending_calls: [{call_id, output}], with conversation_id.",
     )
-    conversation_id: str | None = Field(default=None, description="Continue (or wait for) an earlier conversation.")
-    reasoning_effort: Effort | None = Field(default=None, description="Reasoning effort for reasoning models.")
-    web_search: bool = Field(default=False, description="Let the model use the gateway's built-in web_search tool.")
+    conversation_id: str | None = Field(default=None, description="Continue, resume or wait for a conversation.")
+    reasoning_effort: Effort | None = Field(default=None, description="For reasoning models.")
+    web_search: bool = Field(default=False, description="Offer the gateway's web_search (Responses only).")
     response_format: dict[str, Any] | None = Field(
         default=None,
-        description="A JSON Schema the answer must follow; the parsed object is returned in `parsed`.",
+        description="JSON Schema for the answer; the object is returned in parsed.",
     )
-    tool_choice: str = Field(default="auto", description="auto, none, required, or the name of one tool.")
-    parallel_tool_calls: bool = Field(default=True, description="Allow several tool calls per turn.")
-    max_turns: int = Field(default=8, ge=1, le=64, description="Most model turns before stopping.")
-    max_output_tokens: int | None = Field(default=None, ge=16, description="Cap on output tokens per turn.")
+    tool_choice: str = Field(default="auto", description="auto, none, required or a tool name.")
+    parallel_tool_calls: bool = True
+    max_turns: int = Field(default=8, ge=1, le=64, description="Model turns before stopping.")
+    max_output_tokens: int | None = Field(default=None, ge=16, description="Per turn.")
     metadata: dict[str, str] | None = Field(
         default=None,
         max_length=16,
-        description='String pairs passed through to the gateway (e.g. {"model_id": "32"}).',
+        description="String pairs for the gateway.",
+    )
+    offset: int | None = Field(
+        default=None, ge=0, description="With conversation_id: the answer from this character on."
     )
     api: Literal["auto", "responses", "chat"] | None = Field(
         default=None,
-        description="The model API for a new conversation: auto (default: per model, as the gateway serves it), "
-        "responses or chat. A conversation keeps its API.",
+        description="Model API for a new conversation (default auto: per model).",
     )
 
     @property
@@ -121,6 +122,7 @@ class RespondResult(BaseModel):
     text: str = Field(description="The model's final answer (possibly shortened; see the transcript resource).")
     status: Status
     conversation_id: str
+    next: str | None = Field(default=None, description="What to do next, when there is something to do.")
     model: str | None = Field(description="The model as the gateway reports it (gateways rename models).")
     api: ApiStyle | None = Field(
         default=None, description="The model API used: responses (/v1/responses) or chat (/v1/chat/completions)."
@@ -151,7 +153,17 @@ class RespondResult(BaseModel):
             error=mask(conv.error, secrets) if conv.error else None,
             notes=conv.notes,
             transcript=f"key4u://conversations/{conv.id}",
+            next=_NEXT.get(conv.status, "").format(id=conv.id) or None,
         )
+
+
+_NEXT = {
+    "requires_action": "run the pending_calls, then call key4u_respond with conversation_id={id!r} and "
+    "function_outputs (one per call_id)",
+    "in_progress": "call key4u_respond with only conversation_id={id!r} to wait for the result",
+    "incomplete": "call key4u_respond with conversation_id={id!r} and a prompt to go on",
+    "failed": "see error; after fixing it, call key4u_respond with conversation_id={id!r} and a prompt to retry",
+}
 
 
 __all__ = ["FunctionDefinition", "FunctionOutput", "RespondRequest", "RespondResult"]

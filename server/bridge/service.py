@@ -66,7 +66,9 @@ class Bridge:
         self.jobs = Jobs(store, task_group, process_owner_id(), settings.claim_lease)
         self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout)
 
-    async def respond(self, request: RespondRequest, progress: Progress | None) -> RespondResult:
+    async def respond(
+        self, request: RespondRequest, progress: Progress | None, *, deadline: float | None = None
+    ) -> RespondResult:
         if self.upstream is None:
             raise ToolError(
                 "no API key is configured: set KEY4U_API_KEY (or OPENAI_API_KEY) in this server's environment; "
@@ -79,7 +81,7 @@ class Bridge:
                 job = await self._start_new(request)
         except StoreError as exc:  # the database is unusable: say which file and what to do
             raise ToolError(str(exc)) from exc
-        return await self._wait(job, progress)
+        return await self._wait(job, progress, deadline or self.settings.deadline)
 
     async def _start_new(self, request: RespondRequest) -> Job:
         if not request.prompt:
@@ -112,15 +114,16 @@ class Bridge:
             raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
         if stored.held_by_other(self.jobs.owner, time.time()):
             return self.jobs.finished(running_elsewhere(stored.conversation, request))
-        if not request.wants_more:
-            return self.jobs.finished(settled(stored.conversation))  # nothing new: report where it stands
+        if not request.wants_more and not settled(stored.conversation).interrupted:
+            return self.jobs.finished(stored.conversation)  # nothing new: report where it stands
         claimed = await self.store.claim(conversation_id, self.jobs.owner, self.jobs.lease)
         if claimed is None:  # another process won the race for it
             fresh = await self.store.get(conversation_id)
             return self.jobs.finished(running_elsewhere((fresh or stored).conversation, request))
         try:
             conv = settled(claimed)
-            add_request(conv, request)
+            if request.wants_more or conv.interrupted:
+                add_request(conv, request)  # an interrupted conversation resumes with what it has
             await self._servers_for(conv.options.tools)
             offer = self.planner.offer(conv.options)  # checked before anything is sent
         except BaseException:
@@ -143,10 +146,10 @@ class Bridge:
         assert self.upstream is not None
         return Loop(model=self.upstream(), tools=offer, limits=self.limits, progress=job.notify)
 
-    async def _wait(self, job: Job, progress: Progress | None) -> RespondResult:
+    async def _wait(self, job: Job, progress: Progress | None, deadline: float) -> RespondResult:
         job.listener = progress
         try:
-            with anyio.move_on_after(self.settings.deadline):
+            with anyio.move_on_after(deadline):
                 await job.done.wait()
         except anyio.get_cancelled_exc_class():
             job.scope.cancel()  # the client cancelled: stop the upstream request and the tools
@@ -158,7 +161,7 @@ class Bridge:
             conv.notes.append(self.store.notice)
             self._told_notice = True
         if not job.done.is_set():
-            conv = still_running(conv, self.settings.deadline)
+            conv = still_running(conv, deadline)
         return RespondResult.of(conv, self.settings.secrets())
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.bridge.conversation import Conversation, Status
+from server.upstream.model import Message
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,21 @@ class Stored:
 
 @dataclass(frozen=True)
 class ConversationInfo:
-    """A stored conversation in a listing: its id, status and when it was last saved."""
+    """A stored conversation in a listing: its id, status, when it was last saved, its first prompt
+    (shortened, as a title) and its model."""
 
     id: str
     status: Status
     updated_at: float
+    title: str = ""
+    model: str | None = None
+
+    @classmethod
+    def of(cls, conv: Conversation, status: Status | None = None) -> ConversationInfo:
+        prompt = next((i.text for i in conv.items if isinstance(i, Message) and i.role == "user"), "")
+        title = " ".join(prompt.split())
+        title = title if len(title) <= 80 else title[:79] + "…"
+        return cls(conv.id, status or conv.status, conv.updated_at, title, conv.model or conv.options.model)
 
 
 class ConversationStore(Protocol):

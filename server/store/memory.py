@@ -62,7 +62,7 @@ class MemoryStore:
     async def list(self, limit: int = 50) -> list[ConversationInfo]:
         convs = [Conversation.model_validate_json(row[0]) for row in self._rows.values()]
         convs.sort(key=lambda c: c.updated_at, reverse=True)
-        return [ConversationInfo(c.id, c.status, c.updated_at) for c in convs[:limit]]
+        return [ConversationInfo.of(c) for c in convs[:limit]]
 
     async def count(self) -> int:
         return len(self._rows)

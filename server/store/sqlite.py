@@ -339,8 +339,8 @@ class SQLiteStore:
                 "SELECT id, status, updated_at, data FROM conversations ORDER BY updated_at DESC LIMIT ?", (limit,)
             ).fetchall()
             return [
-                ConversationInfo(i, _status(s, conv), u)
-                for i, s, u, d in rows
+                ConversationInfo.of(conv, _status(s, conv))
+                for i, s, _, d in rows
                 if (conv := self._parse(i, d)) is not None
             ]
 

@@ -18,6 +18,8 @@ from server import __version__
 from server.bridge.service import Bridge
 from server.config import Settings
 from server.store.sqlite import SQLiteStore
+from server.surface.conversations import RecentConversations
+from server.surface.lean import LeanMiddleware
 from server.surface.local_tools import register_local_tools
 from server.surface.proxy import ProxyMiddleware
 from server.surface.respond_tool import TOOL_NAME, register_respond
@@ -119,7 +121,9 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
 
 
 def build_server(settings: Settings) -> MCPServer[AppState]:
-    middleware = [ProxyMiddleware(settings.tool_timeout)] if settings.proxy else []
+    proxy = [ProxyMiddleware(settings.tool_timeout)] if settings.proxy else []
+    # Outermost first: the lean listing sees the tools proxy mode adds, and leans them too.
+    middleware = [LeanMiddleware(), RecentConversations(), *proxy]
     server: MCPServer[AppState] = MCPServer(
         "key4u-mcp",
         title="Key4U MCP bridge",
@@ -131,5 +135,5 @@ def build_server(settings: Settings) -> MCPServer[AppState]:
         middleware=middleware,
     )
     register_local_tools(server)
-    register_respond(server, settings.max_result_chars)
+    register_respond(server, settings)
     return server

@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Protocol
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
 from pydantic import Field
 
 from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
 from server.bridge.service import Bridge
-from server.upstream.translation import cap
+from server.config import Settings
+from server.surface.budget import Host, fit
+
+logger = logging.getLogger(__name__)
 
 TOOL_NAME = "key4u_respond"
 DESCRIPTION = (
-    "Send a prompt to a model behind the Key4U gateway (GPT, Claude, Gemini, DeepSeek, ...; any "
-    "OpenAI-compatible gateway), "
-    "letting that model call this server's local tools in parallel and functions you define. Returns the "
-    "model's final answer with a trace of every tool call and the token usage. If the model calls one of "
-    "your `functions`, the result has status 'requires_action' and `pending_calls`: run them and call again "
-    "with `conversation_id` and `function_outputs`. Long tasks return status 'in_progress': call again with "
-    "just the `conversation_id` to wait for the result."
+    "Ask a model behind the Key4U gateway (GPT, Claude, Gemini, DeepSeek, ...). It may call this server's "
+    "tools in parallel and your `functions`. Returns the answer, status, conversation_id, `next` (what to "
+    "do next) and usage. status requires_action: run pending_calls, call again with conversation_id and "
+    "function_outputs. in_progress: call again with only conversation_id."
 )
 
 
@@ -51,13 +52,17 @@ def _request_signature() -> inspect.Signature:
         params.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info.default, annotation=annotation)
         )
-    return inspect.Signature(params, return_annotation=Annotated[CallToolResult, RespondResult])
+    # No output schema: hosts read structuredContent as it is, and a schema would be ~3,000 characters of
+    # every request's context (RespondResult documents the shape).
+    return inspect.Signature(params, return_annotation=CallToolResult)
 
 
-def _handler(max_result_chars: int) -> Callable[..., Coroutine[Any, Any, CallToolResult]]:
+def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolResult]]:
     async def key4u_respond(ctx: Context[Any], **arguments: Any) -> CallToolResult:
         state: HasBridge = ctx.request_context.lifespan_context
         request = RespondRequest.model_validate(arguments)
+        host = Host.of(_client_name(ctx))
+        logger.debug("key4u_respond for %s (client %r): budget %d", host.name, _client_name(ctx), host.budget)
         step = 0
 
         async def progress(message: str) -> None:
@@ -65,19 +70,36 @@ def _handler(max_result_chars: int) -> Callable[..., Coroutine[Any, Any, CallToo
             step += 1
             await ctx.report_progress(step, None, message)
 
-        result = await state.bridge.respond(request, progress)
-        return to_call_result(result, max_result_chars)
+        # A host known to wait longer than the default gets a longer deadline, unless one was set.
+        deadline = host.deadline if host.deadline and "deadline" not in settings.model_fields_set else None
+        result = await state.bridge.respond(request, progress, deadline=deadline)
+        if request.offset:
+            result = _from_offset(result, request.offset)
+        return to_call_result(result, host, settings.max_result_chars)
 
     key4u_respond.__signature__ = _request_signature()  # type: ignore[attr-defined]
     return key4u_respond
 
 
-def register_respond(server: MCPServer[Any], max_result_chars: int) -> None:
+def _client_name(ctx: Context[Any]) -> str | None:
+    params = ctx.request_context.session.client_params
+    return params.client_info.name if params is not None else None
+
+
+def _from_offset(result: RespondResult, offset: int) -> RespondResult:
+    rest = result.text[offset:]
+    note = f"the answer from character {offset} of {len(result.text)}"
+    return result.model_copy(update={"text": rest, "notes": [*result.notes, note]})
+
+
+def register_respond(server: MCPServer[Any], settings: Settings) -> None:
     server.add_tool(
-        _handler(max_result_chars),
+        _handler(settings),
         name=TOOL_NAME,
         title="Ask a Key4U model (with tools)",
         description=DESCRIPTION,
+        # Claude Code reads the size it keeps inline from the tool's definition (2.1.197), not the result.
+        meta={"anthropic/maxResultSizeChars": settings.max_result_chars or Host.of("claude-code").budget},
         annotations=ToolAnnotations(
             title="Ask a Key4U model",
             read_only_hint=False,
@@ -101,23 +123,20 @@ def register_respond(server: MCPServer[Any], max_result_chars: int) -> None:
         return transcript(stored.conversation)
 
 
-def render(result: RespondResult, limit: int) -> str:
-    """The text content: the answer first, then a short account."""
+def render(result: RespondResult) -> str:
+    """The text content: the answer first, then what to do next and a short account."""
     lines: list[str] = []
     if result.text:
         lines.append(result.text)
     elif result.status == "requires_action":
-        lines.append(
-            "The model asked for these function calls; run them and call key4u_respond again with "
-            f"conversation_id={result.conversation_id!r} and function_outputs:"
-        )
+        lines.append("The model asked for these function calls:")
     lines += [f"- {p.call_id}: {p.name}({json.dumps(p.arguments, ensure_ascii=False)})" for p in result.pending_calls]
     if result.error:
         lines.append(f"Error: {result.error}")
+    if result.next:
+        lines.append(f"Next: {result.next}")
     lines += [f"Note: {n}" for n in result.notes]
     body = "\n".join(lines)
-    if len(body) > limit:
-        body = body[:limit] + f"\n[... truncated; the full transcript is the resource {result.transcript}]"
     summary = _summary(result)
     return f"{body}\n\n{summary}" if body else summary
 
@@ -131,12 +150,21 @@ def _summary(result: RespondResult) -> str:
     )
 
 
-def to_call_result(result: RespondResult, limit: int) -> CallToolResult:
-    structured = result.model_dump(mode="json")
-    structured["text"] = cap(structured["text"], limit)
+def to_call_result(result: RespondResult, host: Host, max_chars: int | None = None) -> CallToolResult:
+    """The result within what ``host`` passes on whole (``max_chars`` overrides its budget), with a link
+    to the full transcript."""
+    budget = max_chars or host.budget
+    fitted = fit(result, budget, render, host.reads)
+    link = ResourceLink(
+        type="resource_link",
+        uri=result.transcript,
+        name=f"conversation {result.conversation_id}",
+        description="The full transcript: every message, call and output.",
+        mime_type="application/json",
+    )
     return CallToolResult(
-        content=[TextContent(type="text", text=render(result, limit))],
-        structured_content=structured,
+        content=[TextContent(type="text", text=render(fitted)), link],
+        structured_content=fitted.model_dump(mode="json"),
         is_error=result.status == "failed",
     )
 

@@ -175,3 +175,31 @@ def test_the_bridge_imports_no_wire_module() -> None:
     wire = {"server.upstream.wire", "server.upstream.responses", "server.upstream.chat", "server.upstream.gateway"}
     assert not loaded & wire and "httpx" not in loaded
     assert "server.upstream.model" in loaded
+
+
+class Silent(ScriptedModel):
+    """A model that thinks for ``delay`` seconds before answering."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__("done")
+        self.delay = delay
+
+    async def respond(self, request: Any, on_event: Any = None) -> ModelResponse:
+        await anyio.sleep(self.delay)
+        return await super().respond(request, on_event)
+
+
+async def test_a_silent_model_still_gets_progress_reported_at_the_heartbeat() -> None:
+    said: list[tuple[float, str]] = []
+
+    async def progress(message: str) -> None:
+        said.append((anyio.current_time(), message))
+
+    started = anyio.current_time()
+    loop = Loop(Silent(2.0), offer([], Echo()), LoopLimits(heartbeat=0.4), progress=progress)
+    conv = await loop.run(conversation())
+    assert conv.status == "completed"
+    beats = [t for t, m in said if "still waiting for gpt-4.1" in m]
+    assert len(beats) >= 3
+    gaps = [b - a for a, b in zip([started, *beats], beats, strict=False)]
+    assert max(gaps) < 0.4 * 2  # never silent much longer than the heartbeat

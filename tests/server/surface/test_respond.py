@@ -38,7 +38,7 @@ async def respond(client: Client, **arguments: Any) -> tuple[dict[str, Any], str
 async def test_key4u_example_runs_four_calls_in_parallel_and_answers(standin: StandIn, tmp_path: Path) -> None:
     async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert "key4u_respond" in tools and tools["key4u_respond"].output_schema is not None
+        assert "key4u_respond" in tools and tools["key4u_respond"].output_schema is None  # see respond_tool
         out, text, is_error = await respond(client, prompt=KEY4U_PROMPT, metadata={"model_id": "32"})
     assert not is_error and out["status"] == "completed"
     assert out["turns"] == 2
@@ -270,10 +270,13 @@ async def test_request_options_reach_the_wire(standin: StandIn, tmp_path: Path) 
 
 
 async def test_long_answers_are_capped_with_a_pointer_to_the_transcript(standin: StandIn, tmp_path: Path) -> None:
-    async with bridge_client(settings_for(standin.base_url, tmp_path, max_result_chars=1000)) as client:
-        out, text, _ = await respond(client, prompt=KEY4U_PROMPT)
-    assert "truncated" in text and out["transcript"] in text
-    assert len(text) < 1500
+    async with bridge_client(settings_for(standin.base_url, tmp_path, max_result_chars=2000)) as client:
+        result = await client.call_tool("key4u_respond", {"prompt": KEY4U_PROMPT})
+    text, out = text_of(result), result.structured_content or {}
+    assert "shortened to fit this host" in text and out["transcript"] in text
+    assert len(text) + len(json.dumps(out, separators=(",", ":"))) <= 2000  # an unknown host: both count
+    links = [b for b in result.content if b.type == "resource_link"]
+    assert [str(link.uri) for link in links] == [out["transcript"]]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 async def test_previous_response_id_mode_sends_only_new_items(standin: StandIn, tmp_path: Path) -> None:

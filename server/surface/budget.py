@@ -1,0 +1,135 @@
+"""What each MCP host does with a tool result, and fitting ``key4u_respond``'s result into that budget.
+
+Hosts differ (see the README's host notes): Claude Code and Codex hand the model the structured
+content as JSON and drop the text; Gemini CLI hands it the text; each cuts or refuses results above
+its own size. ``Host.of`` picks the profile from the ``clientInfo.name`` the host sent at initialize;
+``fit`` shortens a result, least valuable parts first (tool-call details, then older calls, then
+notes, then the answer's tail), until what the host will measure fits. The full record stays in the
+transcript resource, which the result links to. Nothing here runs or stores anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from server.bridge.conversation import ToolCallTrace
+from server.bridge.request import RespondResult
+
+Reads = Literal["structured", "text", "both"]
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host's handling of results: which part its model reads, the size it keeps, its call timeout."""
+
+    name: str
+    reads: Reads
+    budget: int
+    """Characters of what the model reads that the host passes on whole."""
+    deadline: float | None = None
+    """Seconds a call may take before the host gives up, where known and longer than the default."""
+
+    @classmethod
+    def of(cls, client_name: str | None) -> Host:
+        name = (client_name or "").lower()
+        for marker, host in _HOSTS:
+            if marker in name:
+                return host
+        return _UNKNOWN
+
+
+_HOSTS: tuple[tuple[str, Host], ...] = (
+    # Inline up to 50,000 chars unless the tool's definition raises it with _meta["anthropic/maxResultSizeChars"]
+    # (respond_tool sets it); refuses beyond ~25,000 tokens (MAX_MCP_OUTPUT_TOKENS).
+    ("claude-code", Host("Claude Code", "structured", 60_000, deadline=100.0)),
+    # Keeps about 12 KB of the structured content (6,000 characters each end) and cuts out the middle;
+    # 60 s per call. Sends clientInfo.name "codex-mcp-client".
+    ("codex", Host("Codex", "structured", 9_000)),
+    # Reads the text; truncates above 40,000 chars (20% head, 80% tail) when a result has one part;
+    # 10 minutes per call. Sends "gemini-cli-mcp-client".
+    ("gemini", Host("Gemini CLI", "text", 36_000, deadline=300.0)),
+    # Claude Desktop identifies as claude-ai; about 60 s per call.
+    ("claude", Host("Claude Desktop", "both", 40_000)),
+    ("cursor", Host("Cursor", "both", 30_000)),
+    ("visual studio code", Host("VS Code", "both", 30_000)),
+    ("vscode", Host("VS Code", "both", 30_000)),
+)
+_UNKNOWN = Host("an unknown host", "both", 20_000)
+
+SHORT_OUTPUT = 200
+_NOTE_ROOM = 450
+SHORT_ARGUMENTS = 300
+
+
+def measure(result: RespondResult, render: Callable[[RespondResult], str], reads: Reads) -> int:
+    """Characters of what the host's model will read: the structured content's JSON, the text, or both."""
+    structured = len(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":")))
+    if reads == "structured":
+        return structured
+    text = len(render(result))
+    return text if reads == "text" else structured + text
+
+
+def _short_call(call: ToolCallTrace) -> ToolCallTrace:
+    arguments = call.arguments
+    shown = json.dumps(arguments, ensure_ascii=False) if not isinstance(arguments, str) else arguments
+    if len(shown) > SHORT_ARGUMENTS:
+        arguments = shown[:SHORT_ARGUMENTS] + "…"
+    output = call.output if len(call.output) <= SHORT_OUTPUT else call.output[:SHORT_OUTPUT] + "…"
+    return call.model_copy(update={"arguments": arguments, "output": output})
+
+
+def fit(result: RespondResult, budget: int, render: Callable[[RespondResult], str], reads: Reads) -> RespondResult:
+    """``result`` shortened until ``measure`` fits ``budget``; pending calls are never shortened (the
+    caller must run them as the model wrote them). What was left out is said in ``notes``."""
+
+    def size(r: RespondResult) -> int:
+        return measure(r, render, reads)
+
+    if size(result) <= budget:
+        return result
+    budget -= _NOTE_ROOM * (2 if reads == "both" else 1)  # room for the note that says what was left out
+    fitted = result.model_copy(update={"tool_calls": [_short_call(c) for c in result.tool_calls]})
+    calls = fitted.tool_calls
+    keep = len(calls)
+    while keep > 0 and size(fitted) > budget:
+        keep //= 2
+        fitted = fitted.model_copy(update={"tool_calls": calls[len(calls) - keep :] if keep else []})
+    left_out: list[str] = []
+    if keep < len(calls):
+        left_out.append(f"{len(calls) - keep} of {len(calls)} tool calls")
+    if size(fitted) > budget:
+        fitted = fitted.model_copy(update={"notes": [n[:300] for n in fitted.notes[-5:]]})
+    if size(fitted) > budget and fitted.text:
+        fitted = _answer_head(fitted, budget, size, 2 if reads == "both" else 1)
+        left_out.append(f"the answer after its first {len(fitted.text)} of {len(result.text)} characters")
+    if left_out:
+        fitted.notes.append(
+            f"shortened to fit this host ({'; '.join(left_out)} left out): read everything in the resource "
+            f"{result.transcript}, or call key4u_respond with conversation_id={result.conversation_id!r} and "
+            f"offset={len(fitted.text)} for the rest of the answer"
+        )
+    return fitted
+
+
+def _answer_head(
+    result: RespondResult, budget: int, size: Callable[[RespondResult], int], copies: int
+) -> RespondResult:
+    """The longest head of the answer that fits (a binary search: each size is one serialisation)."""
+    text = result.text
+    low, high = 0, len(text)
+    room = result.model_copy(update={"text": ""})
+    overhead = size(room) + 100
+    while low < high:
+        middle = (low + high + 1) // 2
+        if overhead + len(json.dumps(text[:middle], ensure_ascii=False)) * copies <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return result.model_copy(update={"text": text[:low]})
+
+
+__all__ = ["Host", "fit", "measure"]
