@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_MAX_REPLY_BYTES", "max_reply_bytes"),
         description="Largest reply read from the gateway; a larger one is refused.",
     )
+    heartbeat: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=60,
+        validation_alias=AliasChoices("KEY4U_HEARTBEAT", "heartbeat"),
+        description="Longest silence between progress reports while the model thinks (idle timeouts reset).",
+    )
     turn_timeout: float = Field(
         default=600.0,
         gt=0,

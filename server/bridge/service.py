@@ -64,7 +64,9 @@ class Bridge:
         self.planner = Planner(toolsets)
         self._told_notice = False
         self.jobs = Jobs(store, task_group, process_owner_id(), settings.claim_lease)
-        self.limits = LoopLimits(concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout)
+        self.limits = LoopLimits(
+            concurrency=settings.tool_concurrency, call_timeout=settings.tool_timeout, heartbeat=settings.heartbeat
+        )
 
     async def respond(
         self, request: RespondRequest, progress: Progress | None, *, deadline: float | None = None

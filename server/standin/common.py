@@ -64,6 +64,8 @@ class Faults:
     (chat: HTTP 500)."""
     tool_call_loop: bool = False
     """Call the first offered tool on every turn, never answering (a runaway model)."""
+    calls_per_turn: int = 1
+    """With ``tool_call_loop``: how many calls of that tool each turn makes."""
     bad_arguments: str | None = None
     """Send this string as every function call's ``arguments``."""
     call_unknown_tool: str | None = None
@@ -224,7 +226,7 @@ def plan_turn(
     first = next((t for t in tools if t.get("type") == "function"), None)
     if faults.tool_call_loop and first is not None:
         arguments = model.plan_arguments(prompt, first.get("parameters") or {}, False)
-        planned = [model.PlannedCall(first["name"], arguments, first.get("namespace"))]
+        planned = [model.PlannedCall(first["name"], arguments, first.get("namespace"))] * faults.calls_per_turn
     else:
         planned = model.plan_calls(prompt, tools, done, tool_choice, parallel)
     if faults.call_unknown_tool and faults.call_unknown_tool not in done:

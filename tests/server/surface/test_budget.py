@@ -84,3 +84,43 @@ async def test_a_call_the_host_gives_up_on_is_listed_and_a_later_call_finishes_i
             if out["status"] == "completed":
                 break
         assert out["status"] == "completed" and "= 42" in out["text"], out
+
+
+@pytest.mark.parametrize("client_name", ["claude-code", "codex-mcp-client"])
+async def test_a_64_turn_run_with_10_calls_a_turn_fits_the_host(
+    standin: StandIn, tmp_path: Path, client_name: str
+) -> None:
+    reads, budget = HOSTS[client_name]
+    standin.faults = Faults(tool_call_loop=True, calls_per_turn=10)
+    server = build_server(settings_for(standin.base_url, tmp_path, deadline=120))
+    info = Implementation(name=client_name, version="1")
+    async with Client(server, mode="legacy", client_info=info) as client:  # pyright: ignore[reportArgumentType]
+        result = await client.call_tool(
+            "key4u_respond", {"prompt": "Calculate 2 + 3", "tools": ["math_calculator"], "max_turns": 64}
+        )
+        out: dict[str, Any] = result.structured_content or {}
+        assert out["status"] == "incomplete" and out["turns"] == 64
+        assert seen_by(reads, result) <= budget
+        assert any("of 640 tool calls" in n for n in out["notes"]), out["notes"]
+        assert out["tool_calls"] and out["tool_calls"][-1]["turn"] == 64  # the newest calls are the ones kept
+        transcript = json.loads((await client.read_resource(out["transcript"])).contents[0].text)  # pyright: ignore[reportAttributeAccessIssue]
+        assert len(transcript["tool_calls"]) == 640
+
+
+async def test_a_silent_upstream_still_sends_progress_to_the_host(standin: StandIn, tmp_path: Path) -> None:
+    standin.faults = Faults(first_byte_delay=3.5)  # the model "thinks" before its first byte
+    server = build_server(settings_for(standin.base_url, tmp_path, heartbeat=1.0))
+    heard: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and "still waiting" in message:
+            heard.append(anyio.current_time())
+
+    async with Client(server, mode="legacy") as client:  # pyright: ignore[reportArgumentType]
+        started = anyio.current_time()
+        result = await client.call_tool(
+            "key4u_respond", {"prompt": "hello", "tools": []}, progress_callback=on_progress
+        )
+    assert (result.structured_content or {})["status"] == "completed"
+    assert len(heard) >= 3 and heard[0] - started < 2.0
+    assert max(b - a for a, b in zip(heard, heard[1:], strict=False)) < 2.0
