@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import shutil
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -31,6 +28,7 @@ COMMANDS = {
     "demo": "server.cli.demo",
     "doctor": "server.cli.doctor",
     "stand-in": "server.cli.standin",
+    "config": "server.cli.hostconfig",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -74,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument("--port", dest="standin_port", type=int, default=8765, help="port (default 8765; 0: any free)")
     standin.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
     config = commands.add_parser("config", help="print a ready MCP host entry for this installation")
-    config.add_argument("host", choices=["claude"], help="the MCP host (claude: Claude Desktop, Cursor)")
+    config.add_argument(
+        "host",
+        choices=["claude", "claude-code", "codex", "gemini", "cursor", "vscode"],
+        help="the MCP host (claude: Claude Desktop)",
+    )
     return parser
 
 
@@ -96,18 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     command = args.command or "serve"
-    if command == "config":
-        print(json.dumps(claude_entry(settings), indent=2))
-        return 0
     if command == "serve" and args.transport == "http":
         command = "serve-http"
     run: Callable[[Settings, argparse.Namespace], int] = importlib.import_module(COMMANDS[command]).run
     return run(settings, args)
-
-
-def claude_entry(settings: Settings) -> dict[str, object]:
-    """A Claude Desktop ``mcpServers`` entry with absolute paths for this installation."""
-    script = shutil.which("key4u-mcp", path=str(Path(sys.executable).parent)) or shutil.which("key4u-mcp")
-    command, cmd_args = (script, []) if script else (sys.executable, ["-m", "server"])
-    env = {"KEY4U_API_KEY": "sk-your-key4u-key", "KEY4U_BASE_URL": settings.base_url, "KEY4U_MODEL": settings.model}
-    return {"mcpServers": {"key4u": {"command": str(Path(command).resolve()), "args": cmd_args, "env": env}}}

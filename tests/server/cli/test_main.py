@@ -127,3 +127,25 @@ def test_doctor_reports_downstream_servers(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert re.search(r"ok\s+server good\s+\d+ tools", done.stdout), done.stdout
     assert re.search(r"FAIL\s+server dead", done.stdout) and "run the command by hand" in done.stdout
+
+
+@pytest.mark.parametrize("host", ["claude-code", "codex", "gemini", "vscode", "cursor"])
+def test_config_prints_each_hosts_snippet_with_this_installations_path(host: str) -> None:
+    done = run("config", host, env={"KEY4U_API_KEY": FAKE_KEY, "KEY4U_MODEL": "claude-sonnet-4-5"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert FAKE_KEY not in out and "sk-your-key4u-key" in out and "claude-sonnet-4-5" in out
+    if host == "codex":
+        tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+        config = tomllib.loads(out)["mcp_servers"]["key4u"]
+        assert Path(config["command"]).exists() and config["required"] is True
+        assert config["tools"]["key4u_respond"]["approval_mode"] == "approve"
+    elif host in ("vscode", "cursor"):
+        entry = json.loads(out)
+        server = (entry.get("servers") or entry["mcpServers"])["key4u"]
+        assert Path(server["command"]).exists()
+    else:
+        words = out.split()
+        assert words[:3] == ["claude", "mcp", "add"] if host == "claude-code" else words[:2] == ["gemini", "mcp"]
+        assert any(Path(w).name == "key4u-mcp" and Path(w).exists() for w in words)
