@@ -47,7 +47,7 @@ class PendingCall(BaseModel):
 
 
 class FunctionDefinition(BaseModel):
-    """A function the remote model may call; the caller runs it."""
+    """A function you run."""
 
     model_config = ConfigDict(populate_by_name=True)
     name: str = Field(min_length=1, max_length=128)

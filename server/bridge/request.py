@@ -27,10 +27,10 @@ from server.upstream.model import ApiStyle
 
 
 class FunctionOutput(BaseModel):
-    """The result of one pending call, sent back by the caller."""
+    """A pending call's result."""
 
     call_id: str = Field(min_length=1)
-    output: Any = Field(description="A string or any JSON value.")
+    output: Any
 
 
 class RespondRequest(BaseModel):
@@ -44,43 +44,41 @@ class RespondRequest(BaseModel):
         """Lone surrogates (valid JSON escapes, unwritable as UTF-8) replaced in every string the host sent."""
         return scrub_json(data)
 
-    prompt: str | None = Field(default=None, description="The user message (required for a new conversation).")
-    instructions: str | None = Field(default=None, description="System instructions.")
-    model: str | None = Field(default=None, description="Model at the gateway (default KEY4U_MODEL).")
+    prompt: str | None = Field(default=None, description="Required for a new conversation.")
+    instructions: str | None = Field(default=None, description=None)
+    model: str | None = Field(default=None, description=None)
     tools: list[str] | None = Field(
         default=None,
-        description="This server's tools the model may call (default all; [] none).",
+        description="This server's tools to offer (default all).",
     )
     functions: list[FunctionDefinition] | None = Field(
         default=None,
-        description="Your tools (name, description, inputSchema); their calls come back as pending_calls.",
+        description="Your tools; their calls come back as pending_calls.",
     )
     function_outputs: list[FunctionOutput] | None = Field(
         default=None,
-        description="Results of pending_calls: [{call_id, output}], with conversation_id.",
+        description="Results of pending_calls.",
     )
-    conversation_id: str | None = Field(default=None, description="Continue, resume or wait for a conversation.")
-    reasoning_effort: Effort | None = Field(default=None, description="For reasoning models.")
-    web_search: bool = Field(default=False, description="Offer the gateway's web_search (Responses only).")
+    conversation_id: str | None = Field(default=None, description="Continue, resume or wait for one.")
+    reasoning_effort: Effort | None = Field(default=None, description=None)
+    web_search: bool = Field(default=False, description="Responses API only.")
     response_format: dict[str, Any] | None = Field(
         default=None,
-        description="JSON Schema for the answer; the object is returned in parsed.",
+        description="JSON Schema for the answer (returned in parsed).",
     )
-    tool_choice: str = Field(default="auto", description="auto, none, required or a tool name.")
+    tool_choice: str = Field(default="auto", description="auto, none, required or a name.")
     parallel_tool_calls: bool = True
-    max_turns: int = Field(default=8, ge=1, le=64, description="Model turns before stopping.")
-    max_output_tokens: int | None = Field(default=None, ge=16, description="Per turn.")
+    max_turns: int = Field(default=8, ge=1, le=64, description=None)
+    max_output_tokens: int | None = Field(default=None, ge=16, description=None)
     metadata: dict[str, str] | None = Field(
         default=None,
         max_length=16,
-        description="String pairs for the gateway.",
+        description=None,
     )
-    offset: int | None = Field(
-        default=None, ge=0, description="With conversation_id: the answer from this character on."
-    )
+    offset: int | None = Field(default=None, ge=0, description="The answer from this character.")
     api: Literal["auto", "responses", "chat"] | None = Field(
         default=None,
-        description="Model API for a new conversation (default auto: per model).",
+        description=None,
     )
 
     @property

@@ -30,10 +30,8 @@ logger = logging.getLogger(__name__)
 
 TOOL_NAME = "key4u_respond"
 DESCRIPTION = (
-    "Ask a model behind the Key4U gateway (GPT, Claude, Gemini, DeepSeek, ...). It may call this server's "
-    "tools in parallel and your `functions`. Returns the answer, status, conversation_id, `next` (what to "
-    "do next) and usage. status requires_action: run pending_calls, call again with conversation_id and "
-    "function_outputs. in_progress: call again with only conversation_id."
+    "Ask a model behind the Key4U gateway (GPT, Claude, Gemini, ...); it may call this server's tools and "
+    "your functions in parallel. The result says what to do next."
 )
 
 

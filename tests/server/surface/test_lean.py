@@ -365,3 +365,14 @@ async def _client_modes(mode: str) -> list[Tool]:
 async def test_both_protocol_eras_list_lean_tools(mode: str) -> None:
     for tool in await _client_modes(mode):
         assert not list(noise(tool.input_schema)) and not list(noise(tool.output_schema)), tool.name
+
+
+@pytest.mark.anyio
+async def test_what_hosts_send_their_model_of_all_five_tools_is_under_3500_characters(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Hosts pass their model each tool's name, description and inputSchema on every request."""
+    async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
+        tools = (await client.list_tools()).tools
+    shown = [json.dumps({"name": t.name, "description": t.description, "input_schema": t.input_schema}) for t in tools]
+    assert len(tools) == 5 and sum(len(s) for s in shown) < 3500
