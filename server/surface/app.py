@@ -5,6 +5,7 @@ Wiring only: what each part does lives in the module that defines it.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -113,6 +114,10 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
                     hub.start(tg)
                 toolsets = CombinedToolset([local, *downstream.toolsets])
                 bridge = Bridge(settings, upstream.get if upstream else None, store, toolsets, tg, hub=hub)
+                # What start-up made lives as long as the process: keep it out of every later collection
+                # (a full collection of it paused calls by 80-110 ms every few hundred calls). No
+                # collection first: it would cost start-up time for the little garbage there is.
+                gc.freeze()
                 yield AppState(bridge=bridge, downstream=downstream)
                 await bridge.aclose()
                 tg.cancel_scope.cancel()

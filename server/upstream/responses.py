@@ -50,6 +50,7 @@ EventCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 PATH = "/responses"
 _TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
+_ECHOES = {"response.created", "response.in_progress", "response.queued"}
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5|codex)", re.IGNORECASE)
 
 
@@ -111,6 +112,8 @@ class ResponsesClient:
                     data_text = sse.data.strip()
                     if not data_text or data_text == "[DONE]" or final is not None:
                         continue  # past the terminal event: read on so the connection can be reused
+                    if sse.event in _ECHOES or (sse.event == "message" and _echo(data_text)):
+                        continue  # they repeat the whole request: nothing in them is used, so never decoded
                     if sse.event == "response.output_text.delta":
                         # The most frequent event, and the final text arrives whole later: not parsed.
                         if on_event is not None:
@@ -157,6 +160,12 @@ def _usage(usage: object) -> TokenUsage | None:
         cached_tokens=tokens(inputs.get("cached_tokens")) if is_object(inputs) else 0,
         reasoning_tokens=tokens(outputs.get("reasoning_tokens")) if is_object(outputs) else 0,
     )
+
+
+def _echo(data: str) -> bool:
+    """A data-only event (no ``event:`` line, as LiteLLM sends) that is one of the request echoes."""
+    head = data[:80]
+    return any(kind in head for kind in _ECHOES)
 
 
 def _code(value: object) -> str | None:
