@@ -35,6 +35,7 @@ class Planner:
         self.available = available
         self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
         self._cached_bytes = 0
+        self._keys: dict[int, tuple[dict[str, Any], str]] = {}
 
     def offer(self, options: Options) -> Offer:
         """The functions offered under ``options``; a ``ToolError`` says what the caller must change."""
@@ -80,9 +81,21 @@ class Planner:
         if len({f.name for f in functions}) != len(functions):
             raise ToolError("two functions have the same name")
 
+    def _key_of(self, schema: dict[str, Any]) -> str:
+        """The schema's cache key, computed once per schema object: toolsets hand out the same listed
+        schema objects on every call until a server lists its tools again."""
+        known = self._keys.get(id(schema))
+        if known is not None and known[0] is schema:
+            return known[1]
+        key = _schema_key(schema)
+        if len(self._keys) >= _MAX_CACHED_SPECS:
+            self._keys.clear()
+        self._keys[id(schema)] = (schema, key)
+        return key
+
     def _spec(self, tool: OfferedTool, api_name: str) -> FunctionSpec:
         """``to_function_tool``, remembered: the same tools are offered on every call."""
-        schema_key = _schema_key(tool.input_schema)
+        schema_key = self._key_of(tool.input_schema)
         key = (tool.name, tool.description, schema_key, api_name)
         spec = self._specs.get(key)
         if spec is None:
