@@ -125,7 +125,7 @@ class Loop:
     limits: LoopLimits = field(default_factory=LoopLimits)
     progress: Progress | None = None
     clock_start: float = field(default_factory=time.perf_counter)
-    _last_delta_report: float = field(default_factory=time.perf_counter)
+    _stages: set[str] = field(default_factory=set[str])
     _last_said: float = field(default_factory=time.perf_counter)
 
     async def _say(self, message: str) -> None:
@@ -177,6 +177,7 @@ class Loop:
     async def _turn(self, conv: Conversation) -> bool:
         """One model turn; True when the conversation stops here."""
         turn = conv.turns + 1
+        self._stages = set[str]()
         await self._say(f"turn {turn}: waiting for {conv.options.model}")
         response = await self._ask(conv, turn)
         conv.turns, conv.api = turn, response.api
@@ -210,13 +211,11 @@ class Loop:
         return await self._run_calls(conv, calls, turn)
 
     async def _on_event(self, event: StreamEvent) -> None:
-        if event.kind == "function_call":
-            await self._say(f"model calls {event.name}")
-            return
-        now = time.perf_counter()
-        if now - self._last_delta_report >= 1.0:  # at most one notification a second while text streams
-            self._last_delta_report = now
-            await self._say("writing the answer")
+        """One notification per stage of a turn (the first call, the first text), however the reply streams."""
+        stage = "the model is calling tools" if event.kind == "function_call" else "the model is writing"
+        if stage not in self._stages:
+            self._stages.add(stage)
+            await self._say(stage)
 
     def _parse_structured(self, conv: Conversation) -> None:
         if conv.options.response_format is None:
@@ -251,9 +250,18 @@ class Loop:
         if to_run:
             await self._say(f"turn {turn}: running {len(to_run)} tool call(s) in parallel")
             limiter = anyio.CapacityLimiter(self.limits.concurrency)
+            started = time.perf_counter()
             async with anyio.create_task_group() as tg:
-                for call, offered, arguments in to_run:
-                    tg.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
+                tg.start_soon(self._heartbeat, turn, "the tools")
+                async with anyio.create_task_group() as calls_group:
+                    for call, offered, arguments in to_run:
+                        calls_group.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
+                tg.cancel_scope.cancel()
+            failed = sum(not t.ok for t in conv.tool_calls if t.turn == turn)
+            await self._say(
+                f"turn {turn}: {len(to_run)} tool call(s) done in {(time.perf_counter() - started) * 1000:.0f} ms"
+                + (f", {failed} failed" if failed else "")
+            )
         for call in calls:
             if call.call_id in outputs:
                 conv.items.append(FunctionOutput(call_id=call.call_id, output=outputs[call.call_id]))
@@ -291,7 +299,6 @@ class Loop:
             ms = (time.perf_counter() - started) * 1000
             outputs[call.call_id] = output
             self._trace(conv, turn, call, name, arguments, ok, ms, (started - self.clock_start) * 1000, output)
-            await self._say(f"{name} {'done' if ok else 'failed'} in {ms:.0f} ms")
 
     @staticmethod
     def _trace(
