@@ -86,7 +86,7 @@ async def test_a_call_the_host_gives_up_on_is_listed_and_a_later_call_finishes_i
         assert out["status"] == "completed" and "= 42" in out["text"], out
 
 
-@pytest.mark.parametrize("client_name", ["claude-code", "codex-mcp-client"])
+@pytest.mark.parametrize("client_name", HOSTS)
 async def test_a_64_turn_run_with_10_calls_a_turn_fits_the_host(
     standin: StandIn, tmp_path: Path, client_name: str
 ) -> None:
@@ -101,7 +101,8 @@ async def test_a_64_turn_run_with_10_calls_a_turn_fits_the_host(
         out: dict[str, Any] = result.structured_content or {}
         assert out["status"] == "incomplete" and out["turns"] == 64
         assert seen_by(reads, result) <= budget
-        assert any("of 640 tool calls" in n for n in out["notes"]), out["notes"]
+        if reads != "text":  # the text has no per-call trace, so a text-reading host needs nothing cut
+            assert any("of 640 tool calls" in n for n in out["notes"]), out["notes"]
         assert out["tool_calls"] and out["tool_calls"][-1]["turn"] == 64  # the newest calls are the ones kept
         transcript = json.loads((await client.read_resource(out["transcript"])).contents[0].text)  # pyright: ignore[reportAttributeAccessIssue]
         assert len(transcript["tool_calls"]) == 640
