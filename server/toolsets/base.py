@@ -10,13 +10,16 @@ This module owns the protocol and the generic wrappers; it never does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from mcp.types import CallToolResult, TextContent, Tool
 
 from server.toolsets.policy import Policy
+
+S = TypeVar("S")
+V = TypeVar("V")
 
 #: ``run``: the bridge runs the call; ``return``: the call is handed back to the caller.
 RunMode = Literal["run", "return"]
@@ -76,6 +79,20 @@ class Toolset(Protocol):
         ...
 
 
+class Memo(Generic[S, V]):
+    """The last value built from a source, rebuilt only when the source is another object: toolsets hand
+    out the same listing until a server lists its tools again, so wrappers need not redo their work."""
+
+    def __init__(self) -> None:
+        self._source: S | None = None
+        self._value: V | None = None
+
+    def get(self, source: S, build: Callable[[S], V]) -> V:
+        if self._value is None or source is not self._source:
+            self._source, self._value = source, build(source)
+        return self._value
+
+
 def error_result(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
@@ -86,9 +103,10 @@ class PrefixedToolset:
     def __init__(self, inner: Toolset, prefix: str) -> None:
         self.inner = inner
         self.prefix = prefix
+        self._memo = Memo[Sequence[OfferedTool], list[OfferedTool]]()
 
     def tools(self) -> list[OfferedTool]:
-        return [replace(t, name=self.prefix + t.name) for t in self.inner.tools()]
+        return self._memo.get(self.inner.tools(), lambda tools: [replace(t, name=self.prefix + t.name) for t in tools])
 
     def problem(self) -> str | None:
         return self.inner.problem()
@@ -108,10 +126,14 @@ class PolicyToolset:
         self.inner = inner
         self.policy = policy
         self.default: RunMode | None = default
+        self._memo = Memo[Sequence[OfferedTool], list[OfferedTool]]()
 
     def tools(self) -> list[OfferedTool]:
+        return self._memo.get(self.inner.tools(), self._apply)
+
+    def _apply(self, tools: Sequence[OfferedTool]) -> list[OfferedTool]:
         offered: list[OfferedTool] = []
-        for tool in self.inner.tools():
+        for tool in tools:
             mode = self.policy.mode_for(tool.name, read_only=tool.read_only, default=self.default)
             if mode != "hidden":
                 offered.append(replace(tool, mode=mode))
@@ -129,16 +151,22 @@ class CombinedToolset:
 
     def __init__(self, toolsets: Sequence[Toolset]) -> None:
         self.toolsets = list(toolsets)
+        self._sources: list[Sequence[OfferedTool]] = []
+        self._by_name: dict[str, OfferedTool] = {}
 
     def tools(self) -> list[OfferedTool]:
-        seen: dict[str, OfferedTool] = {}
-        for toolset in self.toolsets:
-            for tool in toolset.tools():
-                seen.setdefault(tool.name, tool)
-        return list(seen.values())
+        return list(self.by_name().values())
 
     def by_name(self) -> dict[str, OfferedTool]:
-        return {t.name: t for t in self.tools()}
+        """The offered tools by name, rebuilt only when one of the toolsets lists something new."""
+        sources = [t.tools() for t in self.toolsets]
+        if len(sources) != len(self._sources) or any(a is not b for a, b in zip(sources, self._sources, strict=True)):
+            seen: dict[str, OfferedTool] = {}
+            for tools in sources:
+                for tool in tools:
+                    seen.setdefault(tool.name, tool)
+            self._sources, self._by_name = sources, seen
+        return dict(self._by_name)
 
     def problems(self) -> list[str]:
         return [p for t in self.toolsets if (p := t.problem()) is not None]

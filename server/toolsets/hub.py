@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from server.config import default_servers_file
 from server.toolsets import child
-from server.toolsets.base import OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
+from server.toolsets.base import Memo, OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
 from server.toolsets.policy import SEPARATOR, Mode, Policy
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,9 @@ class Downstream:
     _ready: anyio.Event = field(default_factory=anyio.Event)
     #: Set once the first attempt to start has ended, ready or failed.
     settled: anyio.Event = field(default_factory=anyio.Event)
+    _offered: Memo[list[Tool], list[OfferedTool]] = field(
+        default_factory=Memo[list[Tool], list[OfferedTool]], repr=False
+    )
 
     async def _transport(self, stack: AsyncExitStack[bool | None]) -> StdioServerParameters | Transport:
         cfg = self.config
@@ -321,7 +324,7 @@ class Downstream:
     # --- the Toolset protocol -------------------------------------------------------------
 
     def tools(self) -> list[OfferedTool]:
-        return [OfferedTool.from_listing(t, self) for t in self.listed]
+        return self._offered.get(self.listed, lambda listed: [OfferedTool.from_listing(t, self) for t in listed])
 
     def problem(self) -> str | None:
         if self.status in ("failed", "starting"):

@@ -9,11 +9,13 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, TextContent, Tool
 
 from server.bridge.conversation import Conversation, Options
 from server.bridge.loop import Loop, LoopLimits, Offer
-from server.toolsets.base import OfferedTool
+from server.toolsets.base import CombinedToolset, OfferedTool, PolicyToolset, PrefixedToolset
+from server.toolsets.local import LocalToolset
+from server.toolsets.policy import Policy
 from server.upstream.model import FunctionCall, FunctionOutput, Message, ModelResponse
 from server.upstream.translation import NameMap, to_function_tool
 from tests.helpers import ScriptedModel
@@ -203,3 +205,20 @@ async def test_a_silent_model_still_gets_progress_reported_at_the_heartbeat() ->
     assert len(beats) >= 3
     gaps = [b - a for a, b in zip([started, *beats], beats, strict=False)]
     assert max(gaps) < 0.4 * 2  # never silent much longer than the heartbeat
+
+
+def test_toolsets_reuse_their_listing_until_a_server_lists_again() -> None:
+    """What the planner reads on every call is built once per listing, not once per call."""
+    async def never(name: str, arguments: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    listing = [Tool(name=f"t{i}", input_schema={"type": "object"}) for i in range(1000)]
+    local = LocalToolset(listing, never)
+    wrapped = PrefixedToolset(PolicyToolset(local, Policy(), default="run"), "fx__")
+    combined = CombinedToolset([wrapped])
+    first, second = wrapped.tools(), wrapped.tools()
+    assert first is second and len(first) == 1000 and first[0].name == "fx__t0"
+    assert combined.by_name() == combined.by_name() and combined.by_name()["fx__t999"] is first[-1]
+    relisted = LocalToolset(listing[:10], never)
+    wrapped.inner = PolicyToolset(relisted, Policy(), default="run")
+    assert len(wrapped.tools()) == 10 and len(combined.by_name()) == 10  # a new listing is seen at once
