@@ -209,6 +209,7 @@ async def test_a_silent_model_still_gets_progress_reported_at_the_heartbeat() ->
 
 def test_toolsets_reuse_their_listing_until_a_server_lists_again() -> None:
     """What the planner reads on every call is built once per listing, not once per call."""
+
     async def never(name: str, arguments: dict[str, Any]) -> Any:
         raise NotImplementedError
 
