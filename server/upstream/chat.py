@@ -36,7 +36,7 @@ from server.upstream.model import (
     StreamEvent,
     TokenUsage,
 )
-from server.upstream.schemas import StrictSchemaError, strictify
+from server.upstream.schemas import is_strict
 from server.upstream.translation import FunctionSpec
 
 PATH = "/chat/completions"
@@ -205,12 +205,7 @@ class ChatClient:
                     if not is_object(chunk):
                         raise errors.MalformedResponseError("a stream chunk is not a JSON object")
                     if is_object(error := chunk.get("error")) or (error and "choices" not in chunk):
-                        detail = error if is_object(error) else {"message": str(error)}
-                        code: object = detail.get("code")
-                        raise errors.StreamError(
-                            self.gateway.clean(str(detail.get("message") or "unknown error")[:2000]),
-                            code=str(code)[:100] if code not in (None, "") else None,
-                        )
+                        raise self.gateway.stream_error(error if is_object(error) else {"message": str(error)})
                     for event in reply.add_chunk(chunk):
                         if on_event is not None:
                             await on_event(event)
@@ -218,12 +213,7 @@ class ChatClient:
             exc.stream_started = events.count > 0  # never retry a stream that started: it was billed
             raise
         if reply.finish_reason is None:
-            error = errors.MalformedResponseError(
-                f"the stream ended after {events.count} chunk(s) without a finish_reason: the reply was cut",
-                hint="the gateway cut the stream, often a gateway timeout or content filter; try again",
-            )
-            error.stream_started = True
-            raise error
+            raise self.gateway.cut_stream(f"after {events.count} chunk(s) without a finish_reason: the reply was cut")
         return reply
 
 
@@ -265,13 +255,6 @@ def messages(instructions: str | None, items: list[Item] | tuple[Item, ...]) -> 
     return out
 
 
-def _strict_format(schema: dict[str, Any]) -> bool:
-    try:
-        return strictify(schema) == schema
-    except (StrictSchemaError, RecursionError):
-        return False
-
-
 @dataclass
 class ChatModel:
     """The ``Model`` adapter for ``POST /chat/completions``."""
@@ -297,7 +280,7 @@ class ChatModel:
             schema = request.response_format
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "result", "schema": schema, "strict": _strict_format(schema)},
+                "json_schema": {"name": "result", "schema": schema, "strict": is_strict(schema)},
             }
         if request.max_output_tokens:
             body["max_completion_tokens" if openai else "max_tokens"] = request.max_output_tokens

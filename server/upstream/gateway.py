@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -269,6 +269,22 @@ class Gateway:
     def clean(self, text: str) -> str:
         """Gateway-written text made safe to store and show: the key masked, lone surrogates replaced."""
         return scrub(mask(text, [self._api_key]))
+
+    def stream_error(self, detail: Mapping[str, Any]) -> errors.StreamError:
+        """An error the gateway sent inside a stream: its message cleaned (then cut) and its code."""
+        code: object = detail.get("code")
+        message = self.clean(str(detail.get("message") or "unknown error"))[:2000]
+        return errors.StreamError(message, code=str(code)[:100] if code not in (None, "") else None)
+
+    @staticmethod
+    def cut_stream(account: str) -> errors.MalformedResponseError:
+        """A stream that ended before the reply did (``account`` says how): billed, so never retried."""
+        error = errors.MalformedResponseError(
+            f"the stream ended {account}",
+            hint="the gateway cut the stream, often a gateway timeout or content filter; try again",
+        )
+        error.stream_started = True
+        return error
 
     def events(self, response: httpx.Response) -> EventStream:
         return EventStream(response, self.limits)

@@ -40,7 +40,7 @@ from server.upstream.model import (
     StreamEvent,
     TokenUsage,
 )
-from server.upstream.schemas import StrictSchemaError, strictify
+from server.upstream.schemas import is_strict
 from server.upstream.translation import FunctionSpec
 from server.upstream.wire import ResponseObject, parse_response
 
@@ -125,9 +125,7 @@ class ResponsesClient:
                     kind: Any = data.get("type") or (sse.event if sse.event != "message" else None)
                     if kind == "error" or (kind is None and "error" in data):
                         error_field = data.get("error")
-                        detail = error_field if is_object(error_field) else data
-                        message = self.gateway.clean(str(detail.get("message") or "unknown error"))
-                        raise errors.StreamError(message, code=_code(detail.get("code")))
+                        raise self.gateway.stream_error(error_field if is_object(error_field) else data)
                     if kind in _TERMINAL:
                         final = parse_response(data.get("response"))
                         if not final.output:
@@ -140,12 +138,9 @@ class ResponsesClient:
             exc.stream_started = events.count > 0  # never retry a stream that started: it was billed
             raise
         if final is None:
-            error = errors.MalformedResponseError(
-                f"the stream ended after {events.count} event(s) without a terminal event (response.completed)",
-                hint="the gateway cut the stream, often a gateway timeout or content filter; try again",
+            raise self.gateway.cut_stream(
+                f"after {events.count} event(s) without a terminal event (response.completed)"
             )
-            error.stream_started = True
-            raise error
         return final
 
 
@@ -166,10 +161,6 @@ def _echo(data: str) -> bool:
     """A data-only event (no ``event:`` line, as LiteLLM sends) that is one of the request echoes."""
     head = data[:80]
     return any(kind in head for kind in _ECHOES)
-
-
-def _code(value: object) -> str | None:
-    return str(value)[:100] if value not in (None, "") else None
 
 
 class _Assembly:
@@ -254,13 +245,6 @@ def neutral_item(item: dict[str, Any], clean: Callable[[str], str]) -> Item | No
     return None  # hosted tool items (web_search_call, ...) are not replayable without storage
 
 
-def _strict_format(schema: dict[str, Any]) -> bool:
-    try:
-        return strictify(schema) == schema
-    except (StrictSchemaError, RecursionError):
-        return False
-
-
 @dataclass
 class ResponsesModel:
     """The ``Model`` adapter for ``POST /responses``: neutral request in, neutral response out."""
@@ -298,7 +282,7 @@ class ResponsesModel:
         if request.response_format is not None:
             schema = request.response_format
             body["text"] = {
-                "format": {"type": "json_schema", "name": "result", "schema": schema, "strict": _strict_format(schema)}
+                "format": {"type": "json_schema", "name": "result", "schema": schema, "strict": is_strict(schema)}
             }
         if request.max_output_tokens:
             body["max_output_tokens"] = request.max_output_tokens
@@ -331,13 +315,14 @@ class ResponsesModel:
         if reply.status == "failed":
             error = reply.error or {}
             response.status = "failed"
-            response.error = clean(
-                f"the model's response failed: {str(error.get('message', 'no reason given'))[:2000]}"
-                + (f" [code {_code(error['code'])}]" if error.get("code") else "")
+            code = f" [code {clean(str(error['code']))[:100]}]" if error.get("code") else ""
+            response.error = (
+                f"the model's response failed: {clean(str(error.get('message', 'no reason given')))[:2000]}"
             )
+            response.error += code
         elif reply.status == "incomplete":
             response.status = "incomplete"
-            response.incomplete_reason = clean(str((reply.incomplete_details or {}).get("reason", "unknown"))[:200])
+            response.incomplete_reason = clean(str((reply.incomplete_details or {}).get("reason", "unknown")))[:200]
         return response
 
 

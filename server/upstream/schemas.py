@@ -214,3 +214,11 @@ def strictify(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- tools -----------------------------------------------------------------------------------
+
+
+def is_strict(schema: dict[str, Any]) -> bool:
+    """Whether ``schema`` already is a valid strict schema (a ``response_format`` can be sent as strict)."""
+    try:
+        return strictify(schema) == schema
+    except (StrictSchemaError, RecursionError):
+        return False

@@ -288,3 +288,18 @@ async def test_a_request_litellm_already_retried_is_not_retried_again() -> None:
     with pytest.raises(errors.NotFoundError) as caught:
         await chat(invalid, stream=False).respond(ASK)
     assert "does not offer this model" in str(caught.value)
+
+
+async def test_a_key_straddling_the_cut_of_a_stream_error_or_a_failed_response_is_masked() -> None:
+    message = "x" * 1990 + FAKE_KEY + "y" * 50
+    chunk = json.dumps({"error": {"message": message, "code": "boom"}})
+    streamed = lambda request: httpx.Response(  # noqa: E731
+        200, content=f"data: {chunk}\n\n".encode(), headers={"content-type": "text/event-stream"}
+    )
+    with pytest.raises(errors.StreamError) as caught:
+        await chat(streamed).respond(ASK)
+    assert FAKE_KEY[:8] not in str(caught.value) and FAKE_KEY[-8:] not in str(caught.value)
+    failed = json.dumps({"status": "failed", "output": [], "error": {"message": message, "code": "server_error"}})
+    response = await responses(raw_json(failed), stream=False).respond(ASK)
+    assert response.status == "failed" and response.error is not None
+    assert FAKE_KEY[:8] not in response.error and FAKE_KEY[-8:] not in response.error
