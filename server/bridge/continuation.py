@@ -15,7 +15,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from server.bridge.conversation import Conversation, ToolCallTrace
 from server.bridge.request import FunctionOutput as CallerOutput
 from server.bridge.request import RespondRequest
-from server.upstream.jsonvalues import scrub
 from server.upstream.model import FunctionCall, FunctionOutput, Message
 
 
@@ -77,7 +76,7 @@ def add_request(conv: Conversation, request: RespondRequest) -> None:
     if conv.interrupted:
         resume(conv)
     if request.prompt:
-        conv.items.append(Message(role="user", text=scrub(request.prompt)))
+        conv.items.append(Message(role="user", text=request.prompt))  # RespondRequest made it writable
     conv.notes, conv.error = [], None
     conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
 
@@ -93,7 +92,7 @@ def _add_function_outputs(conv: Conversation, outputs: list[CallerOutput]) -> No
         raise ToolError(f"function_outputs must answer every pending call; missing call_id {', '.join(missing)}")
     for call_id, call in pending.items():
         value = given[call_id].output
-        text = scrub(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str))
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
         conv.items.append(FunctionOutput(call_id=call_id, output=text))
         conv.tool_calls.append(
             ToolCallTrace(

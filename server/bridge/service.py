@@ -29,7 +29,6 @@ from server.errors import StoreError
 from server.store.base import ConversationStore
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
-from server.upstream.jsonvalues import scrub
 from server.upstream.model import Message, Model
 
 Progress = Callable[[str], Awaitable[None]]
@@ -97,7 +96,7 @@ class Bridge:
         if request.api in ("responses", "chat"):
             conv.api = request.api
         offer = self.planner.offer(conv.options)
-        conv.items.append(Message(role="user", text=scrub(request.prompt)))
+        conv.items.append(Message(role="user", text=request.prompt))  # RespondRequest made it writable
         self._begin(conv)
         await self.store.create(conv, self.jobs.owner, self.jobs.lease)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))

@@ -8,20 +8,15 @@ server's own resources. Reading one is the transcript resource of ``respond_tool
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.types import ListResourcesResult, Resource
 
-from server.bridge.service import Bridge
 from server.errors import StoreError
+from server.surface.respond_tool import HasBridge
 
 LISTED = 20
-
-
-class HasBridge(Protocol):
-    @property
-    def bridge(self) -> Bridge: ...
 
 
 class RecentConversations:

@@ -19,6 +19,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
 from pydantic import Field
+from pydantic_core import to_jsonable_python
 
 from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
@@ -58,7 +59,9 @@ def _request_signature() -> inspect.Signature:
 def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolResult]]:
     async def key4u_respond(ctx: Context[Any], **arguments: Any) -> CallToolResult:
         state: HasBridge = ctx.request_context.lifespan_context
-        request = RespondRequest.model_validate(arguments)
+        # The SDK hands over its own validated objects (function definitions and outputs as models): back
+        # to plain JSON first, so RespondRequest's validation sees, and makes writable, every string in it.
+        request = RespondRequest.model_validate(to_jsonable_python(arguments, by_alias=True))
         host = Host.of(_client_name(ctx))
         logger.debug("key4u_respond for %s (client %r): budget %d", host.name, _client_name(ctx), host.budget)
         step = 0

@@ -192,7 +192,7 @@ def connect(http: httpx.AsyncClient, settings: Settings) -> AutoModel:
     )
     chat = ChatModel(ChatClient(http, base_url=base, api_key=key, stream=stream, retry=retry, limits=limits))
     return AutoModel(
-        Gateway(http, base_url=settings.base_url, api_key=key, retry=retry),
+        responses.client.gateway,  # the same gateway (key, retries, reply bounds) for the model listing
         responses,
         chat,
         style=settings.api_style,

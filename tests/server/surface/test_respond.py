@@ -300,3 +300,24 @@ async def test_the_retry_budget_setting_bounds_retries(standin: StandIn, tmp_pat
         out, text, is_error = await respond(client, prompt="hello")
     assert is_error and "HTTP 503" in text
     assert len(standin.requests) == 1  # a 2 s wait would pass the 1 s budget: reported at once
+
+
+async def test_lone_surrogates_the_host_sends_are_made_writable(standin: StandIn, tmp_path: Path) -> None:
+    async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
+        out, _, is_error = await respond(
+            client,
+            prompt='What is the weather in "Par\ud800is"?',
+            instructions="be \udfff brief",
+            functions=[WEATHER],
+            tools=[],
+        )
+        assert not is_error and out["status"] == "requires_action"
+        (pending,) = out["pending_calls"]
+        done, text, is_error = await respond(
+            client,
+            conversation_id=out["conversation_id"],
+            function_outputs=[{"call_id": pending["call_id"], "output": {"sky": "sun\ud800ny"}}],
+        )
+    assert not is_error and done["status"] == "completed" and "sun\ufffdny" in text
+    first = standin.requests[0]
+    assert first["input"][0]["content"] == 'What is the weather in "Par\ufffdis"?' and "\ufffd" in first["instructions"]
