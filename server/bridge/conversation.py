@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from server.upstream.model import ApiStyle, Effort, Item
 
@@ -102,9 +102,15 @@ class Conversation(BaseModel):
     turns: int = 0
     usage: UsageTotals = Field(default_factory=UsageTotals)
     tool_calls: list[ToolCallTrace] = Field(default_factory=list[ToolCallTrace])
+    #: Index in ``tool_calls`` of the first call of the latest run: a result reports the calls from there.
+    run_from: int = 0
     pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)
+
+    #: How much of this conversation its store holds (``server.store.parts.Saved``): the store's
+    #: bookkeeping, so that a save writes only what was added since.
+    _saved: object = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _api_of_older_versions(self) -> Conversation:

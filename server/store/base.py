@@ -41,11 +41,16 @@ class ConversationInfo:
     model: str | None = None
 
     @classmethod
-    def of(cls, conv: Conversation, status: Status | None = None) -> ConversationInfo:
-        prompt = next((i.text for i in conv.items if isinstance(i, Message) and i.role == "user"), "")
-        title = " ".join(prompt.split())
-        title = title if len(title) <= 80 else title[:79] + "…"
+    def of(cls, conv: Conversation, status: Status | None = None, title: str | None = None) -> ConversationInfo:
+        title = title_of(conv) if title is None else title
         return cls(conv.id, status or conv.status, conv.updated_at, title, conv.model or conv.options.model)
+
+
+def title_of(conv: Conversation) -> str:
+    """The conversation's first prompt, on one line and shortened: its title in listings."""
+    prompt = next((i.text for i in conv.items if isinstance(i, Message) and i.role == "user"), "")
+    title = " ".join(prompt[:400].split())
+    return title if len(title) <= 80 else title[:79] + "…"
 
 
 class ConversationStore(Protocol):

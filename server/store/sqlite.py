@@ -3,9 +3,11 @@ processes on one machine.
 
 Every query runs on a worker thread (one at a time), never on the event loop. A claim is one short
 write transaction (``BEGIN IMMEDIATE``, one ``UPDATE ... WHERE``, the read of what it won), which
-SQLite applies atomically across processes. Bounded in count and age: saves prune the oldest beyond
-``max_conversations`` and any not touched for ``max_age_days``. WAL mode with ``synchronous=NORMAL``
-keeps writes cheap. Not for network filesystems.
+SQLite applies atomically across processes. A conversation is stored as a head row and append-only
+parts (``server.store.parts``): a save writes the head and what the history gained, and a read of a
+conversation this process has seen reads only what was added since. Bounded in count and age: saves
+prune the oldest beyond ``max_conversations`` and any not touched for ``max_age_days``. WAL mode
+with ``synchronous=NORMAL`` keeps writes cheap. Not for network filesystems.
 
 Faults are reported, never fatal. Every failure of the database (a file or directory it may not
 write, a full disk, a lock another process holds past ``timeout``) is raised as ``StoreError``,
@@ -24,6 +26,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,9 +34,11 @@ import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 
-from server.bridge.conversation import Conversation, Status
+from server.bridge.conversation import Conversation, Status, ToolCallTrace
 from server.errors import StoreError
-from server.store.base import ConversationInfo, Stored
+from server.store.base import ConversationInfo, Stored, title_of
+from server.store.parts import ITEMS, TRACES, PartsCache, Save, Saved, joined, mark_saved, plan_save, saved_state
+from server.upstream.model import Item
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +51,29 @@ CREATE TABLE IF NOT EXISTS conversations (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_at);
+CREATE TABLE IF NOT EXISTS conversation_parts (
+    conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    kind INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, kind, seq)
+) WITHOUT ROWID;
 """
-#: Columns added since the first release; added to older files on open.
-_CLAIM_COLUMNS = {"owner": "TEXT", "lease_until": "REAL", "status": "TEXT"}
+#: Columns added since the first release; added to older files on open. A row whose ``generation``
+#: is NULL holds the whole conversation in ``data``, as the versions before parts wrote it.
+_ADDED_COLUMNS = {
+    "owner": "TEXT",
+    "lease_until": "REAL",
+    "status": "TEXT",
+    "title": "TEXT",
+    "model": "TEXT",
+    "generation": "INTEGER",
+    "items": "INTEGER",
+    "traces": "INTEGER",
+}
+#: ``conversation_parts.kind``: an item of the history, a tool-call trace.
+_ITEM, _TRACE = 0, 1
+_HEAD = "SELECT data, owner, lease_until, generation, items, traces FROM conversations WHERE id = ?"
 _PRUNE_EVERY = 50
 #: The files SQLite keeps beside the database; they move aside with it.
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -84,6 +109,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._unreadable: set[str] = set()
+        self._cache = PartsCache()
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(lambda: self._guarded(work), limiter=self._limiter)
@@ -115,9 +141,10 @@ class SQLiteStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")  # a deleted conversation takes its parts with it
                 conn.executescript(_SCHEMA)
                 have = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
-                for column, kind in _CLAIM_COLUMNS.items():
+                for column, kind in _ADDED_COLUMNS.items():
                     if column not in have:
                         try:
                             conn.execute(f"ALTER TABLE conversations ADD COLUMN {column} {kind}")
@@ -185,6 +212,7 @@ class SQLiteStore:
         )
         self.notice = f"the conversation database {path} was corrupt; it was moved to {moved} and a new one was started"
         self._unreadable.clear()
+        self._cache.clear()
         return True
 
     def _file_is_corrupt(self) -> bool:
@@ -214,10 +242,10 @@ class SQLiteStore:
                 os.replace(side, Path(f"{moved}{suffix}"))
         return str(moved)
 
-    def _parse(self, conversation_id: str, data: str) -> Conversation | None:
-        """The stored conversation, or None (logged once) when its data no longer validates."""
+    def _parse(self, conversation_id: str, parse: Callable[[], T]) -> T | None:
+        """What ``parse`` makes of a stored row, or None (logged once) when it no longer validates."""
         try:
-            return Conversation.model_validate_json(data)
+            return parse()
         except ValidationError as exc:
             if conversation_id not in self._unreadable:
                 self._unreadable.add(conversation_id)
@@ -233,57 +261,139 @@ class SQLiteStore:
                 )
             return None
 
+    def _load(self, db: sqlite3.Connection, conversation_id: str, row: _HeadRow) -> Conversation | None:
+        """The conversation of a head row: its head and parts, reading only the parts not cached."""
+        data, _, _, generation, n_items, n_traces = row
+        if generation is None or n_items is None or n_traces is None:  # a whole document, from an older version
+            whole = self._parse(conversation_id, lambda: Conversation.model_validate_json(data))
+            if whole is not None:
+                mark_saved(whole, None)  # the next save writes it as parts
+            return whole
+        cached = self._cache.get(conversation_id, generation)
+        if cached is not None and (len(cached[0]) > n_items or len(cached[1]) > n_traces):
+            cached = None
+        known_items, known_traces = (len(cached[0]), len(cached[1])) if cached is not None else (0, 0)
+        items = self._parts(db, conversation_id, _ITEM, known_items)
+        traces = self._parts(db, conversation_id, _TRACE, known_traces)
+        if known_items + len(items) != n_items or known_traces + len(traces) != n_traces:
+            if conversation_id not in self._unreadable:
+                self._unreadable.add(conversation_id)
+                logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.path)
+            return None
+        if cached is None:
+            conv = self._parse(conversation_id, lambda: Conversation.model_validate_json(joined(data, items, traces)))
+        else:
+            conv = self._parse(conversation_id, lambda: _extended(data, cached, items, traces))
+        if conv is None:
+            return None
+        mark_saved(conv, Saved(generation, n_items, n_traces))
+        size = self._cache.size(conversation_id) if cached is not None else 0
+        self._cache.put(conv, generation, size + sum(map(len, items)) + sum(map(len, traces)))
+        return conv
+
+    @staticmethod
+    def _parts(db: sqlite3.Connection, conversation_id: str, kind: int, start: int) -> list[str]:
+        rows: list[tuple[str]] = db.execute(
+            "SELECT data FROM conversation_parts WHERE conversation_id = ? AND kind = ? AND seq >= ? ORDER BY seq",
+            (conversation_id, kind, start),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     async def get(self, conversation_id: str) -> Stored | None:
         def read(db: sqlite3.Connection) -> Stored | None:
-            row: tuple[str, str | None, float | None] | None = db.execute(
-                "SELECT data, owner, lease_until FROM conversations WHERE id = ?", (conversation_id,)
-            ).fetchone()
+            row: _HeadRow | None = db.execute(_HEAD, (conversation_id,)).fetchone()
             if row is None:
                 return None
-            conv = self._parse(conversation_id, row[0])
+            conv = self._load(db, conversation_id, row)
             return Stored(conv, row[1], row[2]) if conv is not None else None
 
         return await self._run(read)
 
     async def put(self, conversation: Conversation) -> None:
-        conversation.updated_at = time.time()
-        values = (conversation.id, conversation.updated_at, conversation.model_dump_json(), conversation.status)
+        await self._save(conversation, None)
 
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO conversations (id, updated_at, data, status) VALUES (?, ?, ?, ?) ON CONFLICT(id) "
-                "DO UPDATE SET updated_at = excluded.updated_at, data = excluded.data, status = excluded.status",
-                values,
-            )
+    async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
+        # One transaction: no other process ever sees it saved as running without its claim.
+        await self._save(conversation, (owner, lease))
+
+    async def _save(self, conv: Conversation, claim: tuple[str, float] | None) -> None:
+        """Write ``conv``'s head and the parts it gained; a new conversation (``claim`` given) is
+        inserted claimed. The JSON is made here, on the event loop, where the conversation changes."""
+        conv.updated_at = time.time()
+        plan = plan_save(conv, saved_state(conv))
+        title, model = title_of(conv), conv.model or conv.options.model
+
+        def write(db: sqlite3.Connection, plan: Save) -> Saved | None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row: tuple[int | None, int | None, int | None] | None = db.execute(
+                    "SELECT generation, items, traces FROM conversations WHERE id = ?", (conv.id,)
+                ).fetchone()
+                stored = _saved_of(row)
+                if not plan.rewrite and plan_save_is_stale(plan, stored):
+                    db.execute("ROLLBACK")
+                    return stored if stored is not None else Saved(0, 0, 0)
+                after = plan.after
+                values = (
+                    conv.updated_at,
+                    plan.head,
+                    conv.status,
+                    title,
+                    model,
+                    after.generation,
+                    after.items,
+                    after.traces,
+                )
+                if claim is not None:
+                    db.execute(
+                        "INSERT INTO conversations (updated_at, data, status, title, model, generation, items, traces, "
+                        "id, owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*values, conv.id, claim[0], conv.updated_at + claim[1]),
+                    )
+                elif row is None:
+                    db.execute(
+                        "INSERT INTO conversations (updated_at, data, status, title, model, generation, items, traces, "
+                        "id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*values, conv.id),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE conversations SET updated_at = ?, data = ?, status = ?, title = ?, model = ?, "
+                        "generation = ?, items = ?, traces = ? WHERE id = ?",
+                        (*values, conv.id),
+                    )
+                if plan.rewrite:
+                    db.execute("DELETE FROM conversation_parts WHERE conversation_id = ?", (conv.id,))
+                db.executemany(
+                    "INSERT INTO conversation_parts (conversation_id, kind, seq, data) VALUES (?, ?, ?, ?)",
+                    [
+                        *((conv.id, _ITEM, plan.items_from + n, d) for n, d in enumerate(plan.items)),
+                        *((conv.id, _TRACE, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
+                    ],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        logger.debug("rollback failed", exc_info=True)
+                raise
             self._saves += 1
             if self._saves % _PRUNE_EVERY == 1:
                 try:
                     self._prune(db)
                 except sqlite3.OperationalError as exc:  # saved all the same; the next prune catches up
                     logger.warning("could not prune the conversation database %s: %s", self.path, exc)
+            return None
 
-        await self._run(write)
-
-    async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
-        # One statement: no other process ever sees it saved as running without its claim.
-        conversation.updated_at = time.time()
-        values = (
-            conversation.id,
-            conversation.updated_at,
-            conversation.model_dump_json(),
-            conversation.status,
-            owner,
-            conversation.updated_at + lease,
-        )
-
-        def insert(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO conversations (id, updated_at, data, status, owner, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                values,
-            )
-
-        await self._run(insert)
+        stale = await self._run(lambda db: write(db, plan))
+        if stale is not None:  # the row is not as this object last saw it: write it whole
+            plan = plan_save(conv, None if stale.generation == 0 else stale)
+            await self._run(lambda db: write(db, plan))
+        mark_saved(conv, plan.after)
+        size = 0 if plan.rewrite else self._cache.size(conv.id)
+        self._cache.put(conv, plan.after.generation, size + sum(map(len, plan.items)) + sum(map(len, plan.traces)))
 
     async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
         def take(db: sqlite3.Connection) -> Conversation | None:
@@ -295,12 +405,8 @@ class SQLiteStore:
                     "AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until <= ?)",
                     (owner, now + lease, conversation_id, owner, now),
                 ).rowcount
-                row: tuple[str] | None = (
-                    db.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-                    if won == 1
-                    else None
-                )
-                conv = self._parse(conversation_id, row[0]) if row is not None else None
+                row: _HeadRow | None = db.execute(_HEAD, (conversation_id,)).fetchone() if won == 1 else None
+                conv = self._load(db, conversation_id, row) if row is not None else None
                 # A row that no longer reads as a conversation is not claimed either.
                 db.execute("COMMIT" if conv is not None else "ROLLBACK")
                 return conv
@@ -335,14 +441,17 @@ class SQLiteStore:
 
     async def list(self, limit: int = 50) -> list[ConversationInfo]:
         def read(db: sqlite3.Connection) -> list[ConversationInfo]:
-            rows: list[tuple[str, str | None, float, str]] = db.execute(
-                "SELECT id, status, updated_at, data FROM conversations ORDER BY updated_at DESC LIMIT ?", (limit,)
+            rows: list[tuple[str, str | None, str | None, str, int | None]] = db.execute(
+                "SELECT id, status, title, data, generation FROM conversations ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
             ).fetchall()
-            return [
-                ConversationInfo.of(conv, _status(s, conv))
-                for i, s, _, d in rows
-                if (conv := self._parse(i, d)) is not None
-            ]
+            infos: list[ConversationInfo] = []
+            for i, status, title, data, generation in rows:
+                # Only the head is read: a row of parts (generation set) keeps its title in a column.
+                conv = self._parse(i, partial(Conversation.model_validate_json, data))
+                if conv is not None:
+                    infos.append(ConversationInfo.of(conv, _status(status, conv), title if generation else None))
+            return infos
 
         return await self._run(read)
 
@@ -365,6 +474,39 @@ class SQLiteStore:
     async def aclose(self) -> None:
         if self._conn is not None:
             await anyio.to_thread.run_sync(self._drop, limiter=self._limiter)
+
+
+_HeadRow = tuple[str, str | None, float | None, int | None, int | None, int | None]
+
+
+def _saved_of(row: tuple[int | None, int | None, int | None] | None) -> Saved | None:
+    """What a row holds as parts; None for no row, or a whole-document row of an older version."""
+    if row is None or row[0] is None or row[1] is None or row[2] is None:
+        return None
+    return Saved(row[0], row[1], row[2])
+
+
+def plan_save_is_stale(plan: Save, stored: Saved | None) -> bool:
+    """Whether an appending ``plan`` no longer fits the row (someone else wrote it since it was read)."""
+    return (
+        stored is None
+        or stored.generation != plan.after.generation
+        or (stored.items, stored.traces)
+        != (
+            plan.items_from,
+            plan.traces_from,
+        )
+    )
+
+
+def _extended(
+    head: str, cached: tuple[list[Item], list[ToolCallTrace]], items: list[str], traces: list[str]
+) -> Conversation:
+    """The conversation from its head, the parts already parsed and those read after them."""
+    conv = Conversation.model_validate_json(head)
+    conv.items = [*cached[0], *(ITEMS.validate_json(f"[{','.join(items)}]") if items else ())]
+    conv.tool_calls = [*cached[1], *(TRACES.validate_json(f"[{','.join(traces)}]") if traces else ())]
+    return conv
 
 
 def _status(column: str | None, conv: Conversation) -> Status:

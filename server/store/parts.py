@@ -1,0 +1,142 @@
+"""A conversation as stores keep it: a small *head* and two append-only lists of *parts*.
+
+The head is everything but the history (options, status, answer, usage: a few KB at most); the parts
+are the items of the history and the tool-call traces, one JSON document each. A conversation only
+ever grows at the end of both lists, so a save writes the head and the parts added since the last
+save, and a read of a conversation whose first parts are already known reads only the rest: the cost
+of a save, and of continuing a conversation, does not grow with its history.
+
+``Saved`` records, on the conversation object, how much of it the store holds; a save that finds the
+stored row as recorded appends, and any other (a conversation not read from this store, a row changed
+by someone else, a history that shrank) rewrites the parts whole under a new ``generation``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pydantic import TypeAdapter
+
+from server.bridge.conversation import Conversation, ToolCallTrace
+from server.upstream.model import Item
+
+#: The fields kept as parts, not in the head.
+PART_FIELDS = frozenset({"items", "tool_calls"})
+ITEMS = TypeAdapter(list[Item])
+TRACES = TypeAdapter(list[ToolCallTrace])
+
+
+@dataclass(frozen=True)
+class Saved:
+    """How much of a conversation a store holds: its parts' generation and how many of each it has."""
+
+    generation: int
+    items: int
+    traces: int
+
+
+@dataclass(frozen=True)
+class Save:
+    """What to write for one save: the head, the parts to add from ``items_from``/``traces_from``, and
+    whether the stored parts are replaced (``rewrite``) or appended to."""
+
+    head: str
+    items: list[str]
+    traces: list[str]
+    items_from: int
+    traces_from: int
+    rewrite: bool
+    after: Saved
+
+
+def head_json(conv: Conversation) -> str:
+    return conv.model_dump_json(exclude=set(PART_FIELDS))
+
+
+def plan_save(conv: Conversation, stored: Saved | None) -> Save:
+    """What saving ``conv`` writes, given what the store holds now (``stored``; None when nothing or
+    a whole-document row of an older version)."""
+    known = saved_state(conv)
+    append = (
+        known is not None
+        and known == stored
+        and len(conv.items) >= known.items
+        and len(conv.tool_calls) >= known.traces
+    )
+    if known is not None and append:
+        items_from, traces_from, generation = known.items, known.traces, known.generation
+    else:
+        items_from, traces_from = 0, 0
+        generation = (stored.generation if stored is not None else 0) + 1
+    return Save(
+        head=head_json(conv),
+        items=[i.model_dump_json() for i in conv.items[items_from:]],
+        traces=[t.model_dump_json() for t in conv.tool_calls[traces_from:]],
+        items_from=items_from,
+        traces_from=traces_from,
+        rewrite=not append,
+        after=Saved(generation, len(conv.items), len(conv.tool_calls)),
+    )
+
+
+def saved_state(conv: Conversation) -> Saved | None:
+    state = conv._saved  # noqa: SLF001  # pyright: ignore[reportPrivateUsage] -- the store's bookkeeping
+    return state if isinstance(state, Saved) else None
+
+
+def mark_saved(conv: Conversation, state: Saved | None) -> None:
+    conv._saved = state  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
+
+
+def joined(head: str, items: list[str], traces: list[str]) -> str:
+    """One conversation document from its head and parts, for a single parse."""
+    if not head.endswith("}"):
+        return head  # not a JSON object: the parse reports it
+    return f'{head[:-1]},"items":[{",".join(items)}],"tool_calls":[{",".join(traces)}]}}'
+
+
+class PartsCache:
+    """The parts of recently used conversations, already parsed, so that continuing one reads and
+    parses only what was added since. Bounded by the bytes of JSON the cached parts came from.
+
+    Parts are never changed once made (a conversation only appends), so a cached list's items are
+    shared with the conversations built from it; each conversation gets its own list.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, list[Item], list[ToolCallTrace], int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, conversation_id: str, generation: int) -> tuple[list[Item], list[ToolCallTrace]] | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None or entry[0] != generation:
+            return None
+        self._entries.move_to_end(conversation_id)
+        return entry[1], entry[2]
+
+    def size(self, conversation_id: str) -> int:
+        """About how many bytes of JSON the cached parts of ``conversation_id`` came from (0: none cached)."""
+        entry = self._entries.get(conversation_id)
+        return entry[3] if entry is not None else 0
+
+    def put(self, conv: Conversation, generation: int, size: int) -> None:
+        """Remember ``conv``'s parts (``size``: about how many bytes of JSON they take)."""
+        self.drop(conv.id)
+        if size > self.max_bytes // 4:  # one huge conversation must not push out all the others
+            return
+        self._entries[conv.id] = (generation, list(conv.items), list(conv.tool_calls), size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and self._entries:
+            _, (_, _, _, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+
+    def drop(self, conversation_id: str) -> None:
+        entry = self._entries.pop(conversation_id, None)
+        if entry is not None:
+            self._bytes -= entry[3]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
