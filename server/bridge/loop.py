@@ -250,14 +250,14 @@ class Loop:
         if to_run:
             await self._say(f"turn {turn}: running {len(to_run)} tool call(s) in parallel")
             limiter = anyio.CapacityLimiter(self.limits.concurrency)
-            started = time.perf_counter()
+            started, traced = time.perf_counter(), len(conv.tool_calls)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeat, turn, "the tools")
                 async with anyio.create_task_group() as calls_group:
                     for call, offered, arguments in to_run:
                         calls_group.start_soon(self._run_one, conv, turn, call, offered, arguments, outputs, limiter)
                 tg.cancel_scope.cancel()
-            failed = sum(not t.ok for t in conv.tool_calls if t.turn == turn)
+            failed = sum(not t.ok for t in conv.tool_calls[traced:])
             await self._say(
                 f"turn {turn}: {len(to_run)} tool call(s) done in {(time.perf_counter() - started) * 1000:.0f} ms"
                 + (f", {failed} failed" if failed else "")

@@ -144,7 +144,7 @@ class RespondResult(BaseModel):
             model=conv.model,
             api=conv.api,
             turns=conv.turns,
-            tool_calls=conv.tool_calls,
+            tool_calls=conv.tool_calls[conv.run_from :],
             pending_calls=conv.pending_calls,
             parsed=conv.parsed,
             usage=conv.usage,

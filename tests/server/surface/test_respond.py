@@ -113,14 +113,21 @@ async def test_a_conversation_continues_after_a_server_restart(standin: StandIn,
     async with bridge_client(settings) as client:
         first, _, _ = await respond(client, prompt="Calculate 2 + 3 please", tools=["math_calculator"])
     async with bridge_client(settings) as client:  # a new server process state, same database
-        second, text, _ = await respond(client, conversation_id=first["conversation_id"], prompt="now 7 * 6")
+        second, text, _ = await respond(
+            client, conversation_id=first["conversation_id"], prompt="Calculate 7 * 6 please"
+        )
         resource = await client.read_resource(first["transcript"])
     assert second["status"] == "completed" and second["conversation_id"] == first["conversation_id"]
     replay = standin.requests[-1]["input"]
     assert replay[0] == {"type": "message", "role": "user", "content": "Calculate 2 + 3 please"}
-    assert replay[-1]["content"] == "now 7 * 6"
+    prompts = [i["content"] for i in replay if i.get("role") == "user"]
+    assert prompts == ["Calculate 2 + 3 please", "Calculate 7 * 6 please"]
     transcript = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
     assert transcript["conversation_id"] == first["conversation_id"] and len(transcript["items"]) >= 5
+    # Each result reports the calls of its own run; the transcript keeps them all.
+    assert first["tool_calls"] and second["tool_calls"]
+    assert all(c["turn"] > first["turns"] for c in second["tool_calls"])
+    assert transcript["tool_calls"] == [*first["tool_calls"], *second["tool_calls"]]
 
 
 async def test_the_deadline_returns_in_progress_and_a_later_call_gets_the_result(
