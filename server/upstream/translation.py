@@ -162,17 +162,40 @@ def cap(text: str, limit: int) -> str:
 def result_to_output(result: CallToolResult, limit: int = MAX_OUTPUT_CHARS) -> str:
     """The ``function_call_output`` string for an MCP tool result."""
     parts = [_describe(block) for block in result.content]
-    if result.structured_content is not None:
+    value = result.structured_content
+    if value is not None:
         try:
-            structured = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"), default=str)
+            structured = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
         except (ValueError, RecursionError):  # circular or too deep to write out
             structured = "[structured content that cannot be written as JSON]"
-        if structured not in parts:
+        same, as_json = _same_as_structured(parts, value)
+        if same is None:
             parts.append(structured)
+        elif as_json:  # the same JSON, perhaps pretty-printed: sent once, compact
+            parts[same] = structured
     text = "\n".join(p for p in parts if p) or "(no output)"
     if result.is_error:
         text = f"Error: {text}"
     return scrub(cap(text, limit))
+
+
+def _same_as_structured(parts: list[str], value: dict[str, Any]) -> tuple[int | None, bool]:
+    """Which text part says what the structured content says, so it is said once, not twice: the text a
+    tool returned (the SDK wraps it as ``{"result": text}``), or the same JSON (then True: send the
+    compact form). ``(None, False)`` when none does."""
+    for n, part in enumerate(parts):
+        if value == {"result": part}:
+            return n, False
+        if len(part) <= MAX_OUTPUT_CHARS:  # text that is not JSON fails at its first character
+            try:
+                parsed = json.loads(part)
+            except (ValueError, RecursionError):
+                continue
+            if parsed == value:
+                return n, True
+            if value == {"result": parsed}:
+                return n, False
+    return None, False
 
 
 def error_output(message: str) -> str:

@@ -135,7 +135,18 @@ def test_bad_arguments_become_messages_for_the_model(arguments: str, message: st
 
 def test_results_become_strings_with_errors_marked_and_non_text_described() -> None:
     ok = CallToolResult(content=[TextContent(type="text", text="580.2")], structured_content={"result": 580.2})
-    assert result_to_output(ok) == '580.2\n{"result":580.2}'
+    assert result_to_output(ok) == "580.2"  # said once: the SDK's {"result": ...} wrapping adds nothing
+    said = CallToolResult(
+        content=[TextContent(type="text", text="it is 12:00")], structured_content={"result": "it is 12:00"}
+    )
+    assert result_to_output(said) == "it is 12:00"
+    pretty = CallToolResult(
+        content=[TextContent(type="text", text='{\n  "a": 1,\n  "b": [1, 2]\n}')],
+        structured_content={"a": 1, "b": [1, 2]},
+    )
+    assert result_to_output(pretty) == '{"a":1,"b":[1,2]}'  # the same JSON, once and compact
+    other = CallToolResult(content=[TextContent(type="text", text="a summary")], structured_content={"a": 1})
+    assert result_to_output(other) == 'a summary\n{"a":1}'  # different things: both go
     error = CallToolResult(content=[TextContent(type="text", text="division by zero")], is_error=True)
     assert result_to_output(error) == "Error: division by zero"
     mixed = CallToolResult(
