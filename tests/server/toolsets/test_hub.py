@@ -147,7 +147,7 @@ async def test_no_downstream_process_outlives_the_bridge(standin: StandIn, tmp_p
     servers = write_servers(tmp_path, {"one": stdio_entry(), "two": stdio_entry()})
     async with bridge_client(settings_for(standin.base_url, tmp_path, mcp_servers=servers)) as client:
         out, _ = await respond(client, prompt="get the pid", tools=["one__get.pid", "two__get.pid"])
-        pids = [int(json.loads(c["output"].splitlines()[-1])["result"]) for c in out["tool_calls"]]
+        pids = [int(c["output"].splitlines()[-1]) for c in out["tool_calls"]]  # each tool says its pid
         assert all(psutil.pid_exists(p) for p in pids)
     with anyio.fail_after(10):
         while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
