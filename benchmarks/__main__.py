@@ -1,4 +1,8 @@
-"""Run the benchmarks and rewrite BENCHMARKS.md:  python -m benchmarks [NAME ...]"""
+"""Run the benchmarks:  python -m benchmarks [NAME ...]
+
+With no names, every benchmark runs, in the order of ``ALL``, and the run rewrites BENCHMARKS.md and
+benchmarks/growth.png. With names, only those run and their table is printed; no file is written.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ import time
 
 import anyio
 
-from benchmarks.common import REPO, machine
-from benchmarks.suite import ALL, Row, run
+from benchmarks.common import REPO, Row, machine
+from benchmarks.plot import write_growth
+from benchmarks.suite import ALL, run
+
+GROWTH = "benchmarks/growth.png"
 
 
-def render(rows: list[Row], seconds: float) -> str:
+def render(rows: list[Row], seconds: float, growth: str | None = None) -> str:
     info = machine()
     lines = [
         "# Benchmarks",
@@ -34,6 +41,14 @@ def render(rows: list[Row], seconds: float) -> str:
     for row in rows:
         met = "n/a" if row.met is None else ("yes" if row.met else "**no**")
         lines.append(f"| {row.name} | {row.figure} | {row.target} | {met} |")
+    if growth is not None:
+        lines += [
+            "",
+            "## Growth curves",
+            "",
+            "What the bridge adds as a conversation grows and as more tools are offered (the continuation and",
+            f"tools rows above):\n\n![Growth curves]({growth})",
+        ]
     lines += ["", "## Details", ""]
     lines += [f"* **{row.name}**: {row.detail}" for row in rows if row.detail]
     return "\n".join(lines) + "\n"
@@ -44,12 +59,22 @@ def main() -> None:
     unknown = [n for n in names if n not in ALL]
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    full = not sys.argv[1:]  # only a run with no names rewrites the files
     started = time.perf_counter()
     rows = anyio.run(run, names)
-    text = render(rows, time.perf_counter() - started)
-    if names == list(ALL):
-        (REPO / "BENCHMARKS.md").write_text(text)
-        print("wrote BENCHMARKS.md", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if not full:  # a subset: its table on stdout, no file touched
+        print(render(rows, seconds))
+        return
+    plots = [row.plot for row in rows if row.plot is not None]
+    growth = GROWTH if write_growth(plots, REPO / GROWTH) else None
+    if growth is not None:
+        print(f"wrote {GROWTH}", file=sys.stderr)
+    elif plots:
+        print(f"{GROWTH} not drawn: install matplotlib (pip install matplotlib)", file=sys.stderr)
+    text = render(rows, seconds, growth)
+    (REPO / "BENCHMARKS.md").write_text(text)
+    print("wrote BENCHMARKS.md", file=sys.stderr)
     print(text)
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,11 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from benchmarks import per_turn, workers
 from benchmarks.common import (
     KEY,
     REPO,
+    Row,
     Spread,
     bridge_env,
     cpu_seconds,
@@ -42,15 +43,6 @@ try:
     import openai
 except ImportError:  # without the bench extra, peer() reports "not run"
     agents = openai = None
-
-
-@dataclass
-class Row:
-    name: str
-    figure: str
-    target: str
-    met: bool | None
-    detail: str = ""
 
 
 # --- overhead --------------------------------------------------------------------------------------
@@ -419,10 +411,15 @@ async def memory(tmp: Path, conversations: int = 1000) -> list[Row]:
 
 ALL = {
     "overhead": overhead,
+    "floor": per_turn.floor,
+    "turns": per_turn.turns,
+    "continuation": per_turn.continuation,
+    "tools": per_turn.tools,
     "parallelism": parallelism,
     "startup": startup,
     "peer": peer,
     "scale": scale,
+    "workers": workers.workers,
     "memory": memory,
 }
 
