@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -21,7 +22,9 @@ from server.upstream.translation import FunctionSpec, NameMap, UnsupportedToolEr
 
 logger = logging.getLogger(__name__)
 
-_MAX_CACHED_SPECS = 1024
+# Least recently used first out. The count bound is above any real toolset (the hub caps a server's tools
+# at 1,000): a cache smaller than the set offered on every call would miss on every call.
+_MAX_CACHED_SPECS = 16_384
 _MAX_CACHED_BYTES = 16 * 1024 * 1024
 
 
@@ -33,9 +36,9 @@ class Planner:
 
     def __init__(self, available: CombinedToolset) -> None:
         self.available = available
-        self._specs: dict[tuple[str, str | None, str, str], FunctionSpec] = {}
+        self._specs: OrderedDict[tuple[str, str | None, str, str], FunctionSpec] = OrderedDict()
         self._cached_bytes = 0
-        self._keys: dict[int, tuple[dict[str, Any], str]] = {}
+        self._keys: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
 
     def offer(self, options: Options) -> Offer:
         """The functions offered under ``options``; a ``ToolError`` says what the caller must change."""
@@ -86,11 +89,13 @@ class Planner:
         schema objects on every call until a server lists its tools again."""
         known = self._keys.get(id(schema))
         if known is not None and known[0] is schema:
+            self._keys.move_to_end(id(schema))
             return known[1]
         key = _schema_key(schema)
-        if len(self._keys) >= _MAX_CACHED_SPECS:
-            self._keys.clear()
         self._keys[id(schema)] = (schema, key)
+        self._keys.move_to_end(id(schema))
+        while len(self._keys) > _MAX_CACHED_SPECS:
+            self._keys.popitem(last=False)
         return key
 
     def _spec(self, tool: OfferedTool, api_name: str) -> FunctionSpec:
@@ -98,13 +103,16 @@ class Planner:
         schema_key = self._key_of(tool.input_schema)
         key = (tool.name, tool.description, schema_key, api_name)
         spec = self._specs.get(key)
-        if spec is None:
-            spec = to_function_tool(tool.name, tool.description, tool.input_schema, api_name)
-            if len(self._specs) >= _MAX_CACHED_SPECS or self._cached_bytes + len(schema_key) > _MAX_CACHED_BYTES:
-                self._specs.clear()  # bounded in count and in bytes: callers' schemas are all different
-                self._cached_bytes = 0
-            self._specs[key] = spec
-            self._cached_bytes += len(schema_key)
+        if spec is not None:
+            self._specs.move_to_end(key)
+            return spec
+        spec = to_function_tool(tool.name, tool.description, tool.input_schema, api_name)
+        self._specs[key] = spec
+        self._cached_bytes += len(schema_key)
+        # Bounded in count and in bytes (callers' schemas may all differ); the oldest go, never all at once.
+        while len(self._specs) > 1 and (len(self._specs) > _MAX_CACHED_SPECS or self._cached_bytes > _MAX_CACHED_BYTES):
+            old, _ = self._specs.popitem(last=False)
+            self._cached_bytes -= len(old[2])
         return spec
 
 
