@@ -137,6 +137,19 @@ class Settings(BaseSettings):
         description="replay: stateless, store:false, full history each turn. previous_response_id: for gateways "
         "that pin sessions to one upstream account.",
     )
+    prices: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_PRICES", "prices"),
+        description="A JSON or TOML file of model -> {input, output, cached} USD per million tokens (or per_call "
+        "USD per request); its models' prices win over the gateway's published ones.",
+    )
+    group: str = Field(
+        default="default",
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("KEY4U_GROUP", "group"),
+        description="The key's group at the gateway (new-api), whose group ratio multiplies the published prices.",
+    )
     mcp_servers: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("KEY4U_MCP_SERVERS", "mcp_servers"),
@@ -211,6 +224,21 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"must be an http(s) URL such as {DEFAULT_BASE_URL}, got {value!r}")
         return value
+
+    @field_validator("prices")
+    @classmethod
+    def _check_prices(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        from server.upstream.pricing import load_price_file  # only when the setting is used
+
+        load_price_file(value)  # ValueError says what is wrong, and the variable is named with it
+        return value
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _strip_group(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

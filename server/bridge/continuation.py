@@ -64,7 +64,7 @@ def add_request(conv: Conversation, request: RespondRequest) -> None:
     """Add what a follow-up call brings (options, function outputs, a prompt) to a claimed conversation.
 
     It starts a new run: the result of this call reports the tool calls from here on."""
-    conv.run_from = len(conv.tool_calls)
+    conv.run_from, conv.run_turns = len(conv.tool_calls), []
     if request.api not in (None, "auto") and conv.api not in (None, request.api):
         raise ToolError(
             f"conversation {conv.id} uses the {conv.api} API; start a new conversation to use {request.api}"

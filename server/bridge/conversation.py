@@ -15,13 +15,40 @@ Status = Literal["completed", "requires_action", "in_progress", "incomplete", "f
 
 
 class UsageTotals(BaseModel):
-    """Tokens used by the conversation so far, summed over all its model turns."""
+    """Tokens used by the conversation so far, summed over all its model turns, and what they cost."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     total_tokens: int = 0
+    cost_usd: float | None = Field(
+        default=None,
+        description="USD for all the conversation's turns, from the gateway's published prices or KEY4U_PRICES; "
+        "null when any turn's price is unknown (cost_note says why).",
+    )
+    cost_note: str | None = None
+
+
+class TurnUsage(BaseModel):
+    """One model turn's tokens and cost, under the model name the gateway bills (the one requested)."""
+
+    turn: int
+    model: str
+    api: ApiStyle | None = None
+    at: float = Field(description="When the turn ended, in seconds since the epoch.")
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    cost_note: str | None = Field(default=None, description="Why cost_usd is null.")
+
+
+class ResultUsage(UsageTotals):
+    """A result's usage: the conversation's totals, and each model turn of this call's run."""
+
+    turns: list[TurnUsage] = Field(default_factory=list[TurnUsage])
 
 
 class ToolCallTrace(BaseModel):
@@ -104,6 +131,9 @@ class Conversation(BaseModel):
     tool_calls: list[ToolCallTrace] = Field(default_factory=list[ToolCallTrace])
     #: Index in ``tool_calls`` of the first call of the latest run: a result reports the calls from there.
     run_from: int = 0
+    #: The model turns of the latest run (at most its ``max_turns``): a result reports their usage, and the
+    #: store adds them to its usage ledger.
+    run_turns: list[TurnUsage] = Field(default_factory=list[TurnUsage])
     pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)

@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace
+from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace, TurnUsage
 from server.errors import UpstreamError
 from server.toolsets.base import OfferedTool, RunMode
 from server.upstream.model import (
@@ -32,6 +32,9 @@ from server.upstream.translation import (
     parse_arguments,
     result_to_output,
 )
+
+if TYPE_CHECKING:
+    from server.upstream.pricing import Prices
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +103,35 @@ def model_request(conv: Conversation, tools: Offer) -> ModelRequest:
     )
 
 
-def _add_usage(conv: Conversation, response: ModelResponse) -> None:
+def _add_usage(conv: Conversation, turn: int, response: ModelResponse, prices: Prices | None) -> None:
+    """Add the turn's tokens to the totals, priced under the model name requested (the one the gateway
+    bills), and record the turn in ``run_turns``. Pricing never waits: what is not loaded is unknown."""
     usage = response.usage
+    model = conv.options.model
+    record = TurnUsage(turn=turn, model=model, api=response.api, at=time.time())
+    if usage is not None:
+        record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
+        record.cached_tokens, record.reasoning_tokens = usage.cached_tokens, usage.reasoning_tokens
     if usage is None:
-        return
+        record.cost_note = "the gateway reported no token usage for this turn"
+    elif prices is None:
+        record.cost_note = "no prices: the gateway publishes none here and KEY4U_PRICES is not set"
+    elif (cost := prices.cost(model, usage.input_tokens, usage.output_tokens, usage.cached_tokens)) is not None:
+        record.cost_usd = cost.usd
+    else:
+        record.cost_note = prices.why_unpriced(model) or "its price is unknown"
+    conv.run_turns.append(record)
     total = conv.usage
-    total.input_tokens += usage.input_tokens
-    total.output_tokens += usage.output_tokens
-    total.cached_tokens += usage.cached_tokens
-    total.reasoning_tokens += usage.reasoning_tokens
+    total.input_tokens += record.input_tokens
+    total.output_tokens += record.output_tokens
+    total.cached_tokens += record.cached_tokens
+    total.reasoning_tokens += record.reasoning_tokens
     total.total_tokens = total.input_tokens + total.output_tokens
+    if record.cost_usd is None:  # one unknown turn makes the total unknown: never a guess
+        total.cost_usd = None
+        total.cost_note = total.cost_note or f"turn {turn}: {record.cost_note}"
+    elif total.cost_note is None:
+        total.cost_usd = round((total.cost_usd or 0.0) + record.cost_usd, 10)
 
 
 @dataclass
@@ -124,6 +146,8 @@ class Loop:
     tools: Offer
     limits: LoopLimits = field(default_factory=LoopLimits)
     progress: Progress | None = None
+    #: What a turn costs; None when nothing is priced.
+    prices: Prices | None = None
     clock_start: float = field(default_factory=time.perf_counter)
     _stages: set[str] = field(default_factory=set[str])
     _last_said: float = field(default_factory=time.perf_counter)
@@ -182,7 +206,7 @@ class Loop:
         response = await self._ask(conv, turn)
         conv.turns, conv.api = turn, response.api
         conv.model = response.model or conv.model
-        _add_usage(conv, response)
+        _add_usage(conv, turn, response, self.prices)
         conv.previous_response_id = response.id
         conv.items.extend(response.output)
         conv.unsent_from = len(conv.items)

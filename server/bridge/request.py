@@ -17,9 +17,9 @@ from server.bridge.conversation import (
     Effort,
     FunctionDefinition,
     PendingCall,
+    ResultUsage,
     Status,
     ToolCallTrace,
-    UsageTotals,
 )
 from server.logs import mask
 from server.upstream.jsonvalues import scrub_json
@@ -129,7 +129,7 @@ class RespondResult(BaseModel):
     tool_calls: list[ToolCallTrace]
     pending_calls: list[PendingCall]
     parsed: Any = Field(default=None, description="The parsed JSON answer, when response_format was given.")
-    usage: UsageTotals
+    usage: ResultUsage
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
     transcript: str = Field(description="URI of the full transcript resource.")
@@ -147,7 +147,7 @@ class RespondResult(BaseModel):
             tool_calls=conv.tool_calls[conv.run_from :],
             pending_calls=conv.pending_calls,
             parsed=conv.parsed,
-            usage=conv.usage,
+            usage=ResultUsage(**dict(conv.usage), turns=conv.run_turns),
             error=mask(conv.error, secrets) if conv.error else None,
             notes=conv.notes,
             transcript=f"key4u://conversations/{conv.id}",

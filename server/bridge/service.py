@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +31,9 @@ from server.store.base import ConversationStore
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
 from server.upstream.model import Message, Model
+
+if TYPE_CHECKING:
+    from server.upstream.pricing import Prices
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -54,9 +58,11 @@ class Bridge:
         toolsets: CombinedToolset,
         task_group: TaskGroup,
         hub: Hub | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.prices = prices
         self.store = store
         self.toolsets = toolsets
         self.hub = hub
@@ -142,10 +148,12 @@ class Bridge:
     def _begin(self, conv: Conversation) -> None:
         conv.status = "in_progress"
         conv.notes.extend(self.toolsets.problems())
+        if self.prices is not None:
+            self.prices.want()  # fetched in the background while the model works; never waited for
 
     def _loop(self, offer: Offer, job: Job) -> Loop:
         assert self.upstream is not None
-        return Loop(model=self.upstream(), tools=offer, limits=self.limits, progress=job.notify)
+        return Loop(model=self.upstream(), tools=offer, limits=self.limits, progress=job.notify, prices=self.prices)
 
     async def _wait(self, job: Job, progress: Progress | None, deadline: float) -> RespondResult:
         job.listener = progress

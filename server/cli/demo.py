@@ -99,14 +99,16 @@ class Demo:
             async with Client(server_parameters(env), mode="legacy") as client:
                 await self._list_tools(client)
                 await self._local_tools(client)
-                used = await self._respond(client, "2. The Key4U parallel tool call example through key4u_respond:")
+                await self._listing(client, "2. The models this key can use, and their prices (key4u_models):")
+                used = await self._respond(client, "3. The Key4U parallel tool call example through key4u_respond:")
                 other = "chat" if used != "chat" else "responses"
                 await self._respond(
                     client,
-                    f"3. The same example over the other model API (api={other!r}):",
+                    f"4. The same example over the other model API (api={other!r}):",
                     api=other,
                     required=not self.settings.has_key,  # a real gateway may serve only one API for this model
                 )
+                await self._listing(client, "5. What this server's calls used and cost today (key4u_usage):", days=1)
         out(f"\nTotal time {time.perf_counter() - started:.2f} s. Upstream: {upstream}")
         if self.failures:
             out(f"FAILED: {'; '.join(self.failures)}")
@@ -131,6 +133,22 @@ class Demo:
             self.out(f"\n  {name}({json.dumps(arguments)}) -> {'error' if result.is_error else 'ok'} in {ms:.1f} ms")
             for line in _text(result).splitlines():
                 self.out(f"    {line}")
+
+    async def _listing(self, client: Client, title: str, *, days: int | None = None, lines: int = 14) -> None:
+        """key4u_models (or key4u_usage, with ``days``), its first ``lines`` lines shown."""
+        self.out(f"\n{title}")
+        name, arguments = ("key4u_models", {}) if days is None else ("key4u_usage", {"days": days})
+        result = await client.call_tool(name, arguments)
+        text = _text(result).splitlines()
+        if result.is_error:
+            self.out(f"  {name} failed: {' '.join(text)[:300]}")
+            if not self.settings.has_key:  # the stand-in serves everything these tools ask for
+                self.failures.append(f"{name} returned an error")
+            return
+        for line in text[:lines]:
+            self.out(f"  {line}")
+        if len(text) > lines:
+            self.out(f"  ... {len(text) - lines} more")
 
     async def _respond(self, client: Client, title: str, *, api: str | None = None, required: bool = True) -> str:
         """Run the example once; returns the model API the bridge used."""
@@ -190,9 +208,15 @@ class Demo:
         out(
             f"\n  Model (as reported): {data['model']} · API {route} · turns {data['turns']} · "
             f"tokens in {usage['input_tokens']} (cached {usage['cached_tokens']}) / out {usage['output_tokens']} "
-            f"(reasoning {usage['reasoning_tokens']}) · {wall_ms:.0f} ms"
+            f"(reasoning {usage['reasoning_tokens']}) · {_cost(usage)} · {wall_ms:.0f} ms"
         )
         out(f"  Transcript resource: {data['transcript']}")
+
+
+def _cost(usage: dict[str, Any]) -> str:
+    if usage.get("cost_usd") is not None:
+        return f"cost ${usage['cost_usd']:.6f}"
+    return f"cost unknown ({usage.get('cost_note') or 'no price'})"
 
 
 async def run_demo(settings: Settings) -> int:

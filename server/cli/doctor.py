@@ -22,6 +22,7 @@ from server.toolsets.hub import Hub, load_hub_config
 from server.upstream.chat import ChatClient, ChatModel
 from server.upstream.gateway import RetryPolicy, route_not_served
 from server.upstream.model import Message, Model, ModelRequest, ModelResponse
+from server.upstream.pricing import Prices, fetch_balance
 from server.upstream.responses import ResponsesClient, ResponsesModel
 from server.upstream.translation import to_function_tool
 
@@ -92,6 +93,8 @@ class Doctor:
         key = s.api_key.get_secret_value()
         self.add("API key", True, masked(key))
         await self._models(key)
+        await self._prices(models or [s.model])
+        self.add("balance", True, (await fetch_balance(self.http, s.base_url, key)).summary())
         for model in models or [s.model]:
             await self._model(model, key)
         return self.checks
@@ -181,6 +184,34 @@ class Doctor:
                 if rejected
                 else "the gateway did not list its models; check KEY4U_BASE_URL",
             )
+
+    async def _prices(self, models: list[str]) -> None:
+        """What the gateway publishes (and KEY4U_PRICES sets), and each checked model's price. Informational:
+        gateways outside the new-api family publish no prices, and the bridge works without them."""
+        s = self.settings
+        try:
+            prices = Prices.for_settings(s, lambda: self.http)
+        except ValueError as exc:
+            self.add("prices", False, str(exc), "fix the file KEY4U_PRICES names, or unset it")
+            return
+        await prices.refresh()
+        table = prices.table
+        parts = [
+            f"{len(table.models)} models priced by the gateway (GET /api/pricing)"
+            if table is not None
+            else f"none from the gateway: {prices.why_unpriced(models[0])}"
+        ]
+        if prices.file:
+            parts.append(f"{len(prices.file)} from KEY4U_PRICES (they win)")
+        fix = ""
+        for model in models:
+            rate = prices.rate(model)
+            parts.append(
+                f"{model} {rate.summary()} per 1M tokens" if rate else f"{model}: {prices.why_unpriced(model)}"
+            )
+            if rate is None and table is not None and s.group not in table.group_ratios:
+                fix = "set KEY4U_GROUP to the key's group (see the gateway's pricing page)"
+        self.add(f"prices (group {s.group})", True, "; ".join(parts), fix)
 
     async def _respond(self, name: str, model: Model, request: ModelRequest) -> ModelResponse | errors.UpstreamError:
         t0 = time.perf_counter()

@@ -1,8 +1,11 @@
 """The stand-in's HTTP side: ``POST /v1/responses`` and ``POST /v1/chat/completions`` (JSON and SSE)
 and ``GET /v1/models``, with the real error envelope, request checks, switchable faults, and
-gateway personalities (a gateway without the Responses route, or with it only for some models).
+gateway personalities (a gateway without the Responses route, or with it only for some models);
+and new-api's ``GET /api/pricing`` and the key's ``GET /v1/dashboard/billing/subscription`` and
+``/usage``.
 
-The endpoints themselves live in ``responses`` and ``chat``; what they share, in ``common``.
+The endpoints themselves live in ``responses`` and ``chat``; prices and balance in ``billing``;
+what they share, in ``common``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from server.standin import chat, responses
+from server.standin import billing, chat, responses
 from server.standin.common import CHAT_PATH, RESPONSES_PATH, Faults, RequestError, StandInState
 from server.standin.model import is_object
 from server.standin.responses import build_response, check_input, check_tools, stream_events
@@ -49,6 +52,7 @@ MODEL_IDS = (
     "claude-sonnet-4-5",
     "gemini-2.5-pro",
     "deepseek-chat",
+    "dall-e-3",
 )
 
 Handler = Callable[[dict[str, Any], StandInState], Awaitable[Response]]
@@ -189,6 +193,21 @@ def create_app(state: StandInState) -> Starlette:
             data.append(entry)
         return JSONResponse({"object": "list", "data": data})
 
+    async def pricing(request: Request) -> Response:
+        if state.faults.pricing_route == "missing":
+            return await not_found(request)
+        return JSONResponse(billing.pricing(state.faults, chat_only))
+
+    def billed(reply: Callable[[], dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
+            if (denied := _check_key(request, state)) is not None:
+                return denied
+            if state.faults.billing_route == "missing":
+                return await not_found(request)
+            return JSONResponse(reply())
+
+        return serve
+
     async def not_found(request: Request) -> Response:
         return RequestError(404, f"Invalid URL ({request.method} {request.url.path})").response()
 
@@ -197,6 +216,9 @@ def create_app(state: StandInState) -> Starlette:
             endpoint(RESPONSES_PATH, responses.handle),
             endpoint(CHAT_PATH, chat.handle),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/api/pricing", pricing, methods=["GET"]),
+            Route("/v1/dashboard/billing/subscription", billed(billing.subscription), methods=["GET"]),
+            Route("/v1/dashboard/billing/usage", billed(billing.usage), methods=["GET"]),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"]),
         ]
     )

@@ -86,6 +86,10 @@ class Faults:
     """Report this value (e.g. ``12.5``, ``"7"``) as the input and output token counts."""
     stall_after: int | None = None
     """After this many stream events, send only ``: PING`` comments, every 0.2 s, until the client leaves."""
+    pricing_route: Literal["ok", "missing"] = "ok"
+    """``missing``: ``GET /api/pricing`` answers 404, as gateways outside the new-api family do."""
+    billing_route: Literal["ok", "missing"] = "ok"
+    """``missing``: ``GET /v1/dashboard/billing/subscription`` and ``/usage`` answer 404."""
     advertise_endpoints: bool = False
     """List ``supported_endpoint_types`` per model in ``GET /v1/models``, as newer new-api builds do:
     ``["openai"]`` for chat-only models, ``["openai", "openai-response"]`` for the others."""

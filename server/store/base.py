@@ -9,10 +9,12 @@ server with no disk). This module holds the protocol only.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.bridge.conversation import Conversation, Status
+from server.bridge.conversation import Conversation, Status, TurnUsage
 from server.upstream.model import Message
 
 
@@ -53,6 +55,68 @@ def title_of(conv: Conversation) -> str:
     return title if len(title) <= 80 else title[:79] + "…"
 
 
+#: How long the usage ledger keeps a turn: totals by day cover a year, whatever conversations are pruned.
+USAGE_KEPT_DAYS = 400
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """The model turns of one UTC day and one model (the name requested), summed from the usage ledger.
+
+    ``cost_usd`` sums the priced turns (None when none was priced); ``unpriced_turns`` counts the others.
+    """
+
+    day: str
+    model: str
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    unpriced_turns: int = 0
+
+
+def usage_rows(turns: Iterable[TurnUsage], since: float) -> list[UsageRow]:
+    """``turns`` ended at or after ``since``, summed per day and model: newest day first, then by model."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    priced: set[tuple[str, str]] = set()
+    for t in turns:
+        if t.at < since:
+            continue
+        key = (time.strftime("%Y-%m-%d", time.gmtime(t.at)), t.model)
+        row = sums.setdefault(key, [0, 0, 0, 0, 0, 0.0, 0])
+        row[0] += 1
+        row[1] += t.input_tokens
+        row[2] += t.output_tokens
+        row[3] += t.cached_tokens
+        row[4] += t.reasoning_tokens
+        if t.cost_usd is None:
+            row[6] += 1
+        else:
+            row[5] += t.cost_usd
+            priced.add(key)
+    ordered = sorted(sums.items(), key=lambda kv: (-_day_number(kv[0][0]), kv[0][1]))
+    return [
+        UsageRow(
+            day,
+            model,
+            int(r[0]),
+            int(r[1]),
+            int(r[2]),
+            int(r[3]),
+            int(r[4]),
+            r[5] if (day, model) in priced else None,
+            int(r[6]),
+        )  # fmt: skip
+        for (day, model), r in ordered
+    ]
+
+
+def _day_number(day: str) -> int:
+    return int(day.replace("-", ""))
+
+
 class ConversationStore(Protocol):
     """Where conversations are saved and who runs each one: saves, atomic claims with leases, and listings.
 
@@ -89,5 +153,12 @@ class ConversationStore(Protocol):
         ...
 
     async def count(self) -> int: ...
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        """The usage ledger from ``since`` (seconds since the epoch), summed per UTC day and model.
+
+        Every save adds the model turns of the conversation's latest run (``run_turns``) to the ledger,
+        once each; the ledger outlives the conversations (``USAGE_KEPT_DAYS``)."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from server.bridge.conversation import Conversation
-from server.store.base import ConversationInfo, Stored
+from server.bridge.conversation import Conversation, TurnUsage
+from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, usage_rows
 from server.store.parts import Saved, joined, mark_saved, plan_save
 
 
@@ -35,6 +35,7 @@ class MemoryStore:
         self.max_conversations = max_conversations
         self.notice: str | None = None
         self._rows: dict[str, _Row] = {}
+        self._ledger: dict[tuple[str, int], TurnUsage] = {}
 
     def _conversation(self, row: _Row) -> Conversation:
         conv = Conversation.model_validate_json(joined(row.head, row.items, row.traces))
@@ -60,6 +61,11 @@ class MemoryStore:
             row.traces.extend(plan.traces)
         self._rows[conversation.id] = row
         mark_saved(conversation, plan.after)
+        for turn in conversation.run_turns:
+            self._ledger.setdefault((conversation.id, turn.turn), turn.model_copy())
+        kept_from = time.time() - USAGE_KEPT_DAYS * 86400
+        while self._ledger and next(iter(self._ledger.values())).at < kept_from:
+            del self._ledger[next(iter(self._ledger))]
         while len(self._rows) > self.max_conversations:
             del self._rows[next(iter(self._rows))]
 
@@ -95,6 +101,9 @@ class MemoryStore:
 
     async def count(self) -> int:
         return len(self._rows)
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        return usage_rows(self._ledger.values(), since)
 
     async def aclose(self) -> None:
         return None

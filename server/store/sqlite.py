@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from server.bridge.conversation import Conversation, Status, ToolCallTrace
 from server.errors import StoreError
-from server.store.base import ConversationInfo, Stored, title_of
+from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, title_of
 from server.store.parts import ITEMS, TRACES, PartsCache, Save, Saved, joined, mark_saved, plan_save, saved_state
 from server.upstream.model import Item
 
@@ -58,6 +58,20 @@ CREATE TABLE IF NOT EXISTS conversation_parts (
     data TEXT NOT NULL,
     PRIMARY KEY (conversation_id, kind, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_log (
+    conversation_id TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    api TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    PRIMARY KEY (conversation_id, turn)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_log_at ON usage_log (at);
 """
 #: Columns added since the first release; added to older files on open. A row whose ``generation``
 #: is NULL holds the whole conversation in ``data``, as the versions before parts wrote it.
@@ -371,6 +385,26 @@ class SQLiteStore:
                         *((conv.id, _TRACE, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
                     ],
                 )
+                # The ledger (no foreign key: it outlives pruned conversations); each turn once.
+                db.executemany(
+                    "INSERT OR IGNORE INTO usage_log (conversation_id, turn, at, model, api, input_tokens, "
+                    "output_tokens, cached_tokens, reasoning_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            conv.id,
+                            u.turn,
+                            u.at,
+                            u.model,
+                            u.api,
+                            u.input_tokens,
+                            u.output_tokens,
+                            u.cached_tokens,
+                            u.reasoning_tokens,
+                            u.cost_usd,
+                        )  # fmt: skip
+                        for u in conv.run_turns
+                    ],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -464,6 +498,19 @@ class SQLiteStore:
             "DELETE FROM conversations WHERE id NOT IN (SELECT id FROM conversations ORDER BY updated_at DESC LIMIT ?)",
             (self.max_conversations,),
         )
+        db.execute("DELETE FROM usage_log WHERE at < ?", (time.time() - USAGE_KEPT_DAYS * 86400,))
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        def read(db: sqlite3.Connection) -> list[UsageRow]:
+            rows: list[tuple[str, str, int, int, int, int, int, float | None, int]] = db.execute(
+                "SELECT date(at, 'unixepoch') AS day, model, count(*), sum(input_tokens), sum(output_tokens), "
+                "sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(cost_usd IS NULL) "
+                "FROM usage_log WHERE at >= ? GROUP BY day, model ORDER BY day DESC, model",
+                (since,),
+            ).fetchall()
+            return [UsageRow(*row) for row in rows]
+
+        return await self._run(read)
 
     async def prune(self) -> None:
         await self._run(self._prune)

@@ -22,13 +22,18 @@ from server.store.sqlite import SQLiteStore
 from server.surface.conversations import RecentConversations
 from server.surface.lean import LeanMiddleware
 from server.surface.local_tools import register_local_tools
+from server.surface.models_tool import TOOL_NAME as MODELS_TOOL
+from server.surface.models_tool import register_models
 from server.surface.proxy import ProxyMiddleware
 from server.surface.respond_tool import TOOL_NAME, register_respond
+from server.surface.usage_tool import TOOL_NAME as USAGE_TOOL
+from server.surface.usage_tool import register_usage
 from server.toolsets.base import CombinedToolset, PolicyToolset, Toolset
 from server.toolsets.hub import Hub, load_hub_config
 from server.toolsets.local import LocalToolset
 from server.toolsets.policy import Policy
 from server.upstream.model import Model
+from server.upstream.pricing import Prices
 
 if TYPE_CHECKING:
     import httpx
@@ -40,7 +45,8 @@ INSTRUCTIONS = (
     "key4u-mcp hosts local tools (current_time, system_info, math_calculator, random_generator) that answer at "
     "once, with no network, and key4u_respond, which hands a prompt to a model behind the Key4U gateway "
     "(OpenAI-compatible: /v1/responses or /v1/chat/completions, chosen per model) and lets that model call "
-    "these tools in parallel and functions you define."
+    "these tools in parallel and functions you define. key4u_models lists the models the key can use and their "
+    "prices; key4u_usage totals the tokens and USD spent."
 )
 
 
@@ -51,6 +57,12 @@ class AppState:
     bridge: Bridge
     #: The downstream servers' toolsets, for proxy mode.
     downstream: CombinedToolset
+    #: The shared HTTP client and prices (None without a key), for ``key4u_models``.
+    upstream: SharedUpstream | None = None
+
+
+#: Seconds after start-up at which the gateway's prices are first fetched (never on a call's path).
+PRICES_WARM_AFTER = 2.0
 
 
 class SharedUpstream:
@@ -60,25 +72,34 @@ class SharedUpstream:
     (local tools only) needs no HTTP client. Importing httpx and the upstream package and building
     the client (it loads the TLS trust store) adds about a sixth to the start-up path, so both wait
     for the first call: the one import this package defers to a function.
+
+    ``prices`` (what a turn costs) is made at once but fetches nothing until first asked: its refresher
+    (``Prices.run``) runs in the lifespan's task group, and builds the client only when it fetches.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._http: httpx.AsyncClient | None = None
         self._model: Model | None = None
+        self.prices = Prices.for_settings(settings, self.http)
 
-    def get(self) -> Model:
-        if self._model is None:
+    def http(self) -> httpx.AsyncClient:
+        """The process's HTTP client for the gateway, made on first use."""
+        if self._http is None:
             import httpx
-
-            from server.upstream.routing import connect
 
             s = self._settings
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(s.timeout, connect=10.0, write=30.0, pool=10.0),
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             )
-            self._model = connect(self._http, s)
+        return self._http
+
+    def get(self) -> Model:
+        if self._model is None:
+            from server.upstream.routing import connect
+
+            self._model = connect(self.http(), self._settings)
         return self._model
 
     async def aclose(self) -> None:
@@ -101,7 +122,8 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
         store = SQLiteStore(
             settings.database, max_conversations=settings.max_conversations, max_age_days=settings.max_age_days
         )
-        listed = [t for t in await server.list_tools() if t.name != TOOL_NAME]
+        # Offered to the remote model: the local tools, not this server's gateway tools.
+        listed = [t for t in await server.list_tools() if t.name not in (TOOL_NAME, MODELS_TOOL, USAGE_TOOL)]
         hub, local_policy = _hub(settings)
         downstream = CombinedToolset(hub.toolsets if hub else [])
         local: Toolset = PolicyToolset(LocalToolset(listed, server.call_tool), local_policy, default="run")
@@ -112,13 +134,24 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
             async with anyio.create_task_group() as tg:
                 if hub is not None:
                     hub.start(tg)
+                if upstream is not None:
+                    # Prices load in the background once start-up is done, and hourly when asked again.
+                    tg.start_soon(upstream.prices.run, PRICES_WARM_AFTER)
                 toolsets = CombinedToolset([local, *downstream.toolsets])
-                bridge = Bridge(settings, upstream.get if upstream else None, store, toolsets, tg, hub=hub)
+                bridge = Bridge(
+                    settings,
+                    upstream.get if upstream else None,
+                    store,
+                    toolsets,
+                    tg,
+                    hub=hub,
+                    prices=upstream.prices if upstream else None,
+                )
                 # What start-up made lives as long as the process: keep it out of every later collection
                 # (a full collection of it paused calls by 80-110 ms every few hundred calls). No
                 # collection first: it would cost start-up time for the little garbage there is.
                 gc.freeze()
-                yield AppState(bridge=bridge, downstream=downstream)
+                yield AppState(bridge=bridge, downstream=downstream, upstream=upstream)
                 await bridge.aclose()
                 tg.cancel_scope.cancel()
 
@@ -141,4 +174,6 @@ def build_server(settings: Settings) -> MCPServer[AppState]:
     )
     register_local_tools(server)
     register_respond(server, settings)
+    register_models(server, settings)
+    register_usage(server, settings)
     return server

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from mcp.server.mcpserver import Context
 
 from server.bridge.conversation import ToolCallTrace
 from server.bridge.request import RespondResult
@@ -64,6 +66,12 @@ _NOTE_ROOM = 450
 SHORT_ARGUMENTS = 300
 
 
+def client_name(ctx: Context[Any]) -> str | None:
+    """The ``clientInfo.name`` the host sent at initialize, if any."""
+    params = ctx.request_context.session.client_params
+    return params.client_info.name if params is not None else None
+
+
 def measure(result: RespondResult, render: Callable[[RespondResult], str], reads: Reads) -> int:
     """Characters of what the host's model will read: the structured content's JSON, the text, or both."""
     structured = len(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":")))
@@ -93,12 +101,21 @@ def fit(result: RespondResult, budget: int, render: Callable[[RespondResult], st
         return result
     budget -= _NOTE_ROOM * (2 if reads == "both" else 1)  # room for the note that says what was left out
     fitted = result.model_copy(update={"tool_calls": [_short_call(c) for c in result.tool_calls]})
+    left_out: list[str] = []
+    # First the rows of per-turn usage (the totals stay), oldest first; then the oldest tool calls.
+    turns = fitted.usage.turns
+    kept_turns = len(turns)
+    while kept_turns > 0 and size(fitted) > budget:
+        kept_turns //= 2
+        usage = fitted.usage.model_copy(update={"turns": turns[len(turns) - kept_turns :] if kept_turns else []})
+        fitted = fitted.model_copy(update={"usage": usage})
+    if kept_turns < len(turns):
+        left_out.append(f"the usage of {len(turns) - kept_turns} of {len(turns)} turns (the totals are complete)")
     calls = fitted.tool_calls
     keep = len(calls)
     while keep > 0 and size(fitted) > budget:
         keep //= 2
         fitted = fitted.model_copy(update={"tool_calls": calls[len(calls) - keep :] if keep else []})
-    left_out: list[str] = []
     if keep < len(calls):
         left_out.append(f"{len(calls) - keep} of {len(calls)} tool calls")
     if size(fitted) > budget:
@@ -132,4 +149,4 @@ def _answer_head(
     return result.model_copy(update={"text": text[:low]})
 
 
-__all__ = ["Host", "fit", "measure"]
+__all__ = ["Host", "client_name", "fit", "measure"]

@@ -25,7 +25,7 @@ from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
 from server.bridge.service import Bridge
 from server.config import Settings
-from server.surface.budget import Host, fit
+from server.surface.budget import Host, client_name, fit
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolRe
         # The SDK hands over its own validated objects (function definitions and outputs as models): back
         # to plain JSON first, so RespondRequest's validation sees, and makes writable, every string in it.
         request = RespondRequest.model_validate(to_jsonable_python(arguments, by_alias=True))
-        host = Host.of(_client_name(ctx))
-        logger.debug("key4u_respond for %s (client %r): budget %d", host.name, _client_name(ctx), host.budget)
+        host = Host.of(client_name(ctx))
+        logger.debug("key4u_respond for %s (client %r): budget %d", host.name, client_name(ctx), host.budget)
         step = 0
 
         async def progress(message: str) -> None:
@@ -80,11 +80,6 @@ def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolRe
 
     key4u_respond.__signature__ = _request_signature()  # type: ignore[attr-defined]
     return key4u_respond
-
-
-def _client_name(ctx: Context[Any]) -> str | None:
-    params = ctx.request_context.session.client_params
-    return params.client_info.name if params is not None else None
 
 
 def _from_offset(result: RespondResult, offset: int) -> RespondResult:
@@ -147,8 +142,13 @@ def _summary(result: RespondResult) -> str:
     return (
         f"[{result.status} · model {result.model or 'unknown'} · {result.turns} turn(s) · "
         f"{len(calls)} tool call(s), {sum(not c.ok for c in calls)} failed · tokens in "
-        f"{result.usage.input_tokens} / out {result.usage.output_tokens} · {result.conversation_id}]"
+        f"{result.usage.input_tokens} / out {result.usage.output_tokens}{_cost(result)} · {result.conversation_id}]"
     )
+
+
+def _cost(result: RespondResult) -> str:
+    cost = result.usage.cost_usd
+    return f" · ${cost:.4f}" if cost is not None else " · cost unknown"
 
 
 def to_call_result(result: RespondResult, host: Host, max_chars: int | None = None) -> CallToolResult:

@@ -186,6 +186,10 @@ class EventStream:
         await self._events.aclose()
 
 
+#: The most a GET (a model listing) reads: a gateway's whole catalogue is well under it.
+GET_MAX_BYTES = 8 * 1024 * 1024
+
+
 async def read_body(response: httpx.Response, limit: int) -> bytes:
     """The whole body of a non-stream reply, refused beyond ``limit`` bytes."""
     parts: list[bytes] = []
@@ -313,14 +317,16 @@ class Gateway:
                 await anyio.sleep(wait)
 
     async def get_json(self, path: str) -> Any:
-        """GET ``{base_url}{path}`` once (no retries) and return its JSON; errors as ``server.errors``."""
+        """GET ``{base_url}{path}`` once (no retries) and return its JSON, read within ``GET_MAX_BYTES``;
+        errors as ``server.errors``."""
         with map_http_errors():
-            response = await self._http.get(self.base_url + path, headers=self._headers(stream=False))
-        if response.status_code >= 400:
-            raise self.http_error(response)
+            async with self._http.stream("GET", self.base_url + path, headers=self._headers(stream=False)) as response:
+                if response.status_code >= 400:
+                    raise self.http_error(response, await read_body(response, 64 * 1024))
+                body = await read_body(response, GET_MAX_BYTES)
         try:
-            return response.json()
-        except ValueError as exc:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
             raise errors.MalformedResponseError(f"GET {path} did not answer JSON") from exc
 
     def _headers(self, *, stream: bool) -> dict[str, str]:

@@ -37,6 +37,9 @@ def test_demo_without_a_key_runs_the_example_against_the_stand_in() -> None:
     assert re.search(r"All ran at the same time|Ran concurrently", out)
     assert "... turn 1: waiting for gpt-4.1" in out  # progress while waiting
     assert re.search(r"tokens in \d+ \(cached \d+\) / out \d+", out)
+    assert re.search(r"gpt-4.1 · OpenAI · \$2/\$8 \(cached \$0.5\)", out)  # key4u_models, priced by the stand-in
+    assert re.search(r"cost \$0\.0\d+", out)  # the example priced per turn from the gateway's list
+    assert re.search(r"Total, last 1 day \(UTC\) · 4 turns · .* · \$0\.\d+", out)  # key4u_usage: both runs
 
 
 def test_demo_exits_non_zero_when_the_gateway_fails() -> None:

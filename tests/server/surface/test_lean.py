@@ -367,12 +367,16 @@ async def test_both_protocol_eras_list_lean_tools(mode: str) -> None:
         assert not list(noise(tool.input_schema)) and not list(noise(tool.output_schema)), tool.name
 
 
+#: What hosts send their model of all seven tools. It was 3,500 for five (at 3,328); key4u_models (the
+#: key's models, prices and balance) adds 233 and key4u_usage (totals per model and day) 345: 3,906 in all.
+MODEL_FACING_CAP = 4_200
+
+
 @pytest.mark.anyio
-async def test_what_hosts_send_their_model_of_all_five_tools_is_under_3500_characters(
-    standin: StandIn, tmp_path: Path
-) -> None:
+async def test_what_hosts_send_their_model_of_all_seven_tools_is_under_the_cap(standin: StandIn, tmp_path: Path) -> None:
     """Hosts pass their model each tool's name, description and inputSchema on every request."""
     async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
         tools = (await client.list_tools()).tools
     shown = [json.dumps({"name": t.name, "description": t.description, "input_schema": t.input_schema}) for t in tools]
-    assert len(tools) == 5 and sum(len(s) for s in shown) < 3500
+    print(f"\nmodel-facing definitions: {sum(len(s) for s in shown)} characters", file=sys.stderr)
+    assert len(tools) == 7 and sum(len(s) for s in shown) < MODEL_FACING_CAP
