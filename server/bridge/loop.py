@@ -14,6 +14,7 @@ import anyio
 
 from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace, TurnUsage
 from server.errors import UpstreamError
+from server.telemetry import OFF, Telemetry
 from server.toolsets.base import OfferedTool, RunMode
 from server.upstream.model import (
     FunctionCall,
@@ -148,6 +149,7 @@ class Loop:
     progress: Progress | None = None
     #: What a turn costs; None when nothing is priced.
     prices: Prices | None = None
+    telemetry: Telemetry = OFF
     clock_start: float = field(default_factory=time.perf_counter)
     _stages: set[str] = field(default_factory=set[str])
     _last_said: float = field(default_factory=time.perf_counter)
@@ -203,7 +205,9 @@ class Loop:
         turn = conv.turns + 1
         self._stages = set[str]()
         await self._say(f"turn {turn}: waiting for {conv.options.model}")
-        response = await self._ask(conv, turn)
+        with self.telemetry.turn_span(conv, turn) as span:  # the model request only: the tools run after it
+            response = await self._ask(conv, turn)
+            span.record(response)
         conv.turns, conv.api = turn, response.api
         conv.model = response.model or conv.model
         _add_usage(conv, turn, response, self.prices)
@@ -259,12 +263,14 @@ class Loop:
                 outputs[call.call_id] = error_output(
                     f"there is no tool named {call.name!r}; available: {', '.join(self.tools.offered) or 'none'}"
                 )
+                self.telemetry.rejected_call(call.name, call.call_id, turn, "unknown_tool")
                 self._trace(conv, turn, call, call.name, call.arguments, False, 0.0, 0.0, outputs[call.call_id])
                 continue
             try:
                 arguments = parse_arguments(offered.spec, call.arguments)
             except ArgumentError as exc:
                 outputs[call.call_id] = error_output(str(exc))
+                self.telemetry.rejected_call(offered.spec.mcp_name, call.call_id, turn, "invalid_arguments")
                 self._trace(conv, turn, call, call.name, call.arguments, False, 0.0, 0.0, outputs[call.call_id])
                 continue
             if offered.mode == "return":
@@ -309,17 +315,21 @@ class Loop:
         async with limiter:
             started = time.perf_counter()
             ok = False
-            try:
-                with anyio.fail_after(self.limits.call_timeout):
-                    # A little under the loop's own bound, so that a downstream server can mark itself hung first.
-                    result = await offered.tool.call(arguments, self.limits.call_timeout * 0.95)
-                output = result_to_output(result, self.limits.output_chars)
-                ok = not result.is_error
-            except TimeoutError:
-                output = error_output(f"{name} did not finish within {self.limits.call_timeout:g} s")
-            except Exception as exc:  # a tool's failure is reported to the model, never raised
-                logger.exception("tool %s failed", name)
-                output = error_output(f"{name} failed: {type(exc).__name__}: {exc}")
+            with self.telemetry.tool_span(name, call.call_id, turn, arguments) as span:
+                try:
+                    with anyio.fail_after(self.limits.call_timeout):
+                        # A little under the loop's own bound, so that a downstream server can mark itself hung first.
+                        result = await offered.tool.call(arguments, self.limits.call_timeout * 0.95)
+                    output = result_to_output(result, self.limits.output_chars)
+                    ok = not result.is_error
+                except TimeoutError:
+                    output = error_output(f"{name} did not finish within {self.limits.call_timeout:g} s")
+                    span.fail("timeout")
+                except Exception as exc:  # a tool's failure is reported to the model, never raised
+                    logger.exception("tool %s failed", name)
+                    output = error_output(f"{name} failed: {type(exc).__name__}: {exc}")
+                    span.fail(type(exc).__name__)
+                span.record(ok, output)
             ms = (time.perf_counter() - started) * 1000
             outputs[call.call_id] = output
             self._trace(conv, turn, call, name, arguments, ok, ms, (started - self.clock_start) * 1000, output)

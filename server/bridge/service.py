@@ -28,6 +28,7 @@ from server.bridge.request import RespondRequest, RespondResult
 from server.config import Settings
 from server.errors import StoreError
 from server.store.base import ConversationStore
+from server.telemetry import OFF, Telemetry
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
 from server.upstream.model import Message, Model
@@ -59,8 +60,10 @@ class Bridge:
         task_group: TaskGroup,
         hub: Hub | None = None,
         prices: Prices | None = None,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.upstream = upstream
         self.prices = prices
         self.store = store
@@ -153,7 +156,14 @@ class Bridge:
 
     def _loop(self, offer: Offer, job: Job) -> Loop:
         assert self.upstream is not None
-        return Loop(model=self.upstream(), tools=offer, limits=self.limits, progress=job.notify, prices=self.prices)
+        return Loop(
+            model=self.upstream(),
+            tools=offer,
+            limits=self.limits,
+            progress=job.notify,
+            prices=self.prices,
+            telemetry=self.telemetry,
+        )
 
     async def _wait(self, job: Job, progress: Progress | None, deadline: float) -> RespondResult:
         job.listener = progress

@@ -28,6 +28,7 @@ from server.surface.proxy import ProxyMiddleware
 from server.surface.respond_tool import TOOL_NAME, register_respond
 from server.surface.usage_tool import TOOL_NAME as USAGE_TOOL
 from server.surface.usage_tool import register_usage
+from server.telemetry import Telemetry
 from server.toolsets.base import CombinedToolset, PolicyToolset, Toolset
 from server.toolsets.hub import Hub, load_hub_config
 from server.toolsets.local import LocalToolset
@@ -127,7 +128,9 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
         hub, local_policy = _hub(settings)
         downstream = CombinedToolset(hub.toolsets if hub else [])
         local: Toolset = PolicyToolset(LocalToolset(listed, server.call_tool), local_policy, default="run")
+        telemetry = Telemetry.from_env(settings)  # off unless OTEL_* variables ask for traces
         async with AsyncExitStack() as cleanup:
+            cleanup.push_async_callback(telemetry.aclose)  # last out: after the jobs' final spans
             cleanup.push_async_callback(store.aclose)
             if upstream is not None:
                 cleanup.push_async_callback(upstream.aclose)
@@ -145,6 +148,7 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
                     toolsets,
                     tg,
                     hub=hub,
+                    telemetry=telemetry,
                     prices=upstream.prices if upstream else None,
                 )
                 # What start-up made lives as long as the process: keep it out of every later collection

@@ -73,7 +73,11 @@ def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolRe
 
         # A host known to wait longer than the default gets a longer deadline, unless one was set.
         deadline = host.deadline if host.deadline and "deadline" not in settings.model_fields_set else None
-        result = await state.bridge.respond(request, progress, deadline=deadline)
+        # In the host's trace: the SDK's tools/call span, or the traceparent in the request's _meta.
+        meta = ctx.request_context.meta
+        with state.bridge.telemetry.respond_span(meta, request.conversation_id, request.model) as span:
+            result = await state.bridge.respond(request, progress, deadline=deadline)
+            span.record(result)
         if request.offset:
             result = _from_offset(result, request.offset)
         return to_call_result(result, host, settings.max_result_chars)

@@ -373,7 +373,9 @@ MODEL_FACING_CAP = 4_200
 
 
 @pytest.mark.anyio
-async def test_what_hosts_send_their_model_of_all_seven_tools_is_under_the_cap(standin: StandIn, tmp_path: Path) -> None:
+async def test_what_hosts_send_their_model_of_all_seven_tools_is_under_the_cap(
+    standin: StandIn, tmp_path: Path
+) -> None:
     """Hosts pass their model each tool's name, description and inputSchema on every request."""
     async with bridge_client(settings_for(standin.base_url, tmp_path)) as client:
         tools = (await client.list_tools()).tools
