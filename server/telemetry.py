@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
     from opentelemetry.util.types import AttributeValue
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
     from server.bridge.conversation import Conversation
     from server.bridge.request import RespondResult
@@ -77,52 +78,42 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
-class RespondSpan:
-    """One ``key4u_respond`` call. This class records nothing: it is what every call gets while tracing is off."""
+class _Quiet:
+    """A span that records nothing: entered and left at no cost."""
 
     __slots__ = ()
 
-    def __enter__(self) -> RespondSpan:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         return None
+
+
+class RespondSpan(_Quiet):
+    """One ``key4u_respond`` call. This class records nothing: it is what every call gets while tracing is off."""
+
+    __slots__ = ()
 
     def record(self, result: RespondResult) -> None:
         """Where the call left the conversation: its id, status, model, API and turns."""
 
 
-class TurnSpan:
+class TurnSpan(_Quiet):
     """One model turn; records nothing while tracing is off."""
 
     __slots__ = ()
-
-    def __enter__(self) -> TurnSpan:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     def record(self, response: ModelResponse) -> None:
         """The reply: the model as the gateway reports it, the API, token usage and finish reasons."""
 
 
-class ToolSpan:
+class ToolSpan(_Quiet):
     """One tool call the bridge runs; records nothing while tracing is off."""
 
     __slots__ = ()
-
-    def __enter__(self) -> ToolSpan:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     def fail(self, error_type: str) -> None:
         """The call failed without an answer (``timeout``, or the exception's class name)."""
@@ -423,6 +414,15 @@ class _Live:
         if description and self.tracing.content:
             self.description = description
 
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(exc)
+
     def open(self) -> None:
         tracing = self.tracing
         clean = tracing.clean
@@ -448,15 +448,6 @@ class _Live:
 
 
 class _LiveRespond(_Live, RespondSpan):
-    def __enter__(self) -> RespondSpan:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(exc)
-
     def record(self, result: RespondResult) -> None:
         self.set("gen_ai.conversation.id", result.conversation_id)
         self.set("key4u.status", result.status)
@@ -472,15 +463,6 @@ class _LiveRespond(_Live, RespondSpan):
 
 class _LiveTurn(_Live, TurnSpan):
     kind = "client"
-
-    def __enter__(self) -> TurnSpan:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(exc)
 
     def record(self, response: ModelResponse) -> None:
         self.set("key4u.api", response.api)
@@ -506,15 +488,6 @@ class _LiveTurn(_Live, TurnSpan):
 
 
 class _LiveTool(_Live, ToolSpan):
-    def __enter__(self) -> ToolSpan:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(exc)
-
     def record(self, ok: bool, output: str) -> None:
         if ok and self.tracing.content:
             self.set("gen_ai.tool.call.result", output)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -82,6 +84,38 @@ async def spawned(params: StdioServerParameters, errlog: Path) -> AsyncIterator[
 def raw_session(*lines: dict[str, Any]) -> bytes:
     """JSON-RPC messages as the newline-delimited bytes a stdio server reads."""
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+async def stdio_exchange(
+    session: bytes,
+    env: Mapping[str, str],
+    errlog: Path,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 30,
+) -> list[dict[str, Any]]:
+    """What a host without an SDK sees: the installed command is started, ``session`` written to its stdin,
+    and the lines it writes read as JSON-RPC messages until ``until(messages)`` holds. Then stdin closes
+    (the host going away), the server must exit 0, and what it writes on the way out is read too. Its
+    stderr goes to ``errlog``."""
+    messages: list[dict[str, Any]] = []
+    with errlog.open("wb") as err:
+        async with await anyio.open_process(
+            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=dict(env)
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            await proc.stdin.send(session)
+            pending = b""
+            with anyio.fail_after(timeout):
+                while not until(messages):
+                    pending += await proc.stdout.receive()
+                    *lines, pending = pending.split(b"\n")
+                    messages.extend(json.loads(line) for line in lines if line.strip())
+                await proc.stdin.aclose()
+                assert await proc.wait() == 0
+                async for chunk in proc.stdout:
+                    pending += chunk
+    messages.extend(json.loads(line) for line in pending.split(b"\n") if line.strip())
+    return messages
 
 
 class ScriptedModel:

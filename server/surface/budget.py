@@ -11,7 +11,7 @@ transcript resource, which the result links to. Nothing here runs or stores anyt
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,6 +64,24 @@ _UNKNOWN = Host("an unknown host", "both", 20_000)
 SHORT_OUTPUT = 200
 _NOTE_ROOM = 450
 SHORT_ARGUMENTS = 300
+
+
+#: What a listing leaves free under the host's budget for the "more not shown" line and the SDK's framing.
+_LISTING_ROOM = 160
+
+
+def lines_within(lines: Sequence[str], budget: int, more: Callable[[int], str]) -> str:
+    """``lines`` joined, as many as fit in ``budget`` characters from the first; when some do not fit,
+    they end with ``more(count_left_out)``, a line saying how to see the rest."""
+    out: list[str] = []
+    size = 0
+    for n, line in enumerate(lines):
+        if size + len(line) + 1 > budget - _LISTING_ROOM:
+            out.append(more(len(lines) - n))
+            break
+        out.append(line)
+        size += len(line) + 1
+    return "\n".join(out)
 
 
 def client_name(ctx: Context[Any]) -> str | None:

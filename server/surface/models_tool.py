@@ -26,7 +26,7 @@ from pydantic import Field
 from server import errors
 from server.config import Settings
 from server.logs import mask
-from server.surface.budget import Host, client_name
+from server.surface.budget import Host, client_name, lines_within
 from server.upstream.jsonvalues import is_array, is_object, scrub
 from server.upstream.pricing import (
     LISTING_MAX_BYTES,
@@ -47,7 +47,6 @@ PRICES_WAIT = 5.0
 """Seconds a call waits for the gateway's prices when they are not loaded yet."""
 LISTING_TIMEOUT = 20.0
 _MAX_LISTED = 5000
-_TRAILER_ROOM = 160
 
 _REASONING = re.compile(
     r"(?:^|[/:_.-])o[134](?:$|[-_.:])|gpt-5(?![\d.]*-chat)|thinking|reason|(?:^|[/:_.-])r1(?:$|[-_.:])|qwq",
@@ -170,16 +169,8 @@ def render(
     unpriced = [r.id for r in shown if r.rate is None]
     if unpriced and (why := prices.why_unpriced(unpriced[0])) is not None and not prices.loaded:
         header.append(why)
-    lines = [" · ".join(header)]
-    size = len(lines[0])
-    for n, row in enumerate(shown):
-        line = row.line()
-        if size + len(line) + 1 > budget - _TRAILER_ROOM:
-            lines.append(f"… {len(shown) - n} more not shown: call again with a narrower filter")
-            break
-        lines.append(line)
-        size += len(line) + 1
-    return "\n".join(lines)
+    lines = [" · ".join(header), *(row.line() for row in shown)]
+    return lines_within(lines, budget, lambda left: f"… {left} more not shown: call again with a narrower filter")
 
 
 def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolResult]]:

@@ -20,11 +20,10 @@ from pydantic import Field
 
 from server.config import Settings
 from server.store.base import ConversationStore, UsageRow
-from server.surface.budget import Host, client_name
+from server.surface.budget import Host, client_name, lines_within
 
 TOOL_NAME = "key4u_usage"
 DESCRIPTION = "Tokens and USD spent via key4u_respond, per model and day."
-_TRAILER_ROOM = 160
 
 
 class HasStore(Protocol):
@@ -87,15 +86,7 @@ def render(rows: list[UsageRow], *, days: int, text: str | None, budget: int) ->
     lines += [s.line(m) for m, s in by_model]
     lines.append("By day:")
     lines += [s.line(d) for d, s in summed(rows, "day").items()]  # rows come newest day first
-    out: list[str] = []
-    size = 0
-    for n, line in enumerate(lines):
-        if size + len(line) + 1 > budget - _TRAILER_ROOM:
-            out.append(f"… {len(lines) - n} more lines not shown: ask for fewer days or one model")
-            break
-        out.append(line)
-        size += len(line) + 1
-    return "\n".join(out)
+    return lines_within(lines, budget, lambda left: f"… {left} more lines not shown: ask for fewer days or one model")
 
 
 def register_usage(server: MCPServer[Any], settings: Settings) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import anyio
 import pytest
 
 from server.bridge.conversation import Conversation, Options
@@ -28,7 +27,7 @@ from server.standin import Faults, StandIn
 from server.telemetry import OFF, Telemetry
 from server.upstream.model import ModelResponse, TokenUsage
 from tests.conftest import FAKE_KEY
-from tests.helpers import INITIALIZE, LOCAL_TOOLS, bridge_client, raw_session, script, settings_for
+from tests.helpers import INITIALIZE, LOCAL_TOOLS, bridge_client, raw_session, settings_for, stdio_exchange
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -437,19 +436,11 @@ async def test_a_real_server_sends_its_spans_over_otlp_in_the_hosts_trace(
     }
     session = raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call)
     errlog = tmp_path / "err.txt"
-    with errlog.open("wb") as err:
-        async with await anyio.open_process(
-            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env
-        ) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            await proc.stdin.send(session)
-            received = b""
-            with anyio.fail_after(60):
-                while b'"id":2' not in received:
-                    received += await proc.stdout.receive()
-                await proc.stdin.aclose()  # the host goes away: the server flushes its spans and exits
-                assert await proc.wait() == 0
-    answer = next(m for m in map(json.loads, received.decode().splitlines()) if m.get("id") == 2)
+    # When the host goes away, the server flushes its spans before it exits.
+    messages = await stdio_exchange(
+        session, env, errlog, until=lambda got: any(m.get("id") == 2 for m in got), timeout=60
+    )
+    answer = next(m for m in messages if m.get("id") == 2)
     assert answer["result"]["structuredContent"]["status"] == "completed", answer
 
     assert receiver.requests, errlog.read_text()

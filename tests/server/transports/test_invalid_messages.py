@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from tests.conftest import FAKE_KEY
-from tests.helpers import INITIALIZE, raw_session, script, settings_for
+from tests.helpers import INITIALIZE, raw_session, settings_for, stdio_exchange
 from tests.server.transports.serving import served
 
 pytestmark = pytest.mark.anyio
@@ -51,23 +49,9 @@ async def test_stdio_answers_invalid_requests_with_their_ids_and_keeps_serving(t
     expected = {i: code for message, code in INVALID for i in ids_of(message)}
     env = {**os.environ, "KEY4U_API_KEY": FAKE_KEY, "KEY4U_DB_PATH": str(tmp_path / "db.sqlite3")}
     errlog = tmp_path / "err.txt"
-    replies: dict[Any, dict[str, Any]] = {}
-    with errlog.open("wb") as err:
-        async with await anyio.open_process(
-            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env
-        ) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            await proc.stdin.send(session)
-            received = b""
-            with anyio.fail_after(30):
-                while not {1, 20, *expected} <= set(replies):
-                    received += await proc.stdout.receive()
-                    *lines, received = received.split(b"\n")
-                    for line in lines:
-                        message = json.loads(line)
-                        replies[message.get("id")] = message
-                await proc.stdin.aclose()
-                assert await proc.wait() == 0
+    wanted = {1, 20, *expected}
+    messages = await stdio_exchange(session, env, errlog, until=lambda got: wanted <= {m.get("id") for m in got})
+    replies = {m.get("id"): m for m in messages}
     for request_id, code in expected.items():
         assert replies[request_id]["error"]["code"] == code, replies[request_id]
     assert replies[20]["result"]["isError"] is False  # the next valid request is answered

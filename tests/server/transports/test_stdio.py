@@ -16,7 +16,7 @@ import pytest
 from mcp import StdioServerParameters
 
 from tests.conftest import FAKE_KEY
-from tests.helpers import BIN, INITIALIZE, REPO, raw_session, script, spawned
+from tests.helpers import BIN, INITIALIZE, REPO, raw_session, script, spawned, stdio_exchange
 
 pytestmark = pytest.mark.anyio
 
@@ -54,28 +54,14 @@ async def test_stdout_carries_only_protocol_messages_and_stdin_eof_exits_cleanly
     )
     env = {**os.environ, "KEY4U_LOG_LEVEL": "DEBUG", "KEY4U_API_KEY": FAKE_KEY}
     errlog = tmp_path / "err.txt"
-    with errlog.open("wb") as err:
-        async with await anyio.open_process(
-            [script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env
-        ) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            await proc.stdin.send(session)
-            received = b""
-            with anyio.fail_after(30):
-                while received.count(b"\n") < 4:
-                    received += await proc.stdout.receive()
-                await proc.stdin.aclose()
-                assert await proc.wait() == 0
-                async for chunk in proc.stdout:
-                    received += chunk
-    messages = [json.loads(line) for line in received.decode().splitlines()]
+    messages = await stdio_exchange(session, env, errlog, until=lambda got: len(got) >= 4)
     assert all(m.get("jsonrpc") == "2.0" for m in messages)
     by_id = {m["id"]: m for m in messages if "id" in m}
     assert set(by_id) == {1, 2, 3, 4}
     assert by_id[4]["result"]["isError"] is True
     stderr = errlog.read_bytes()
     assert b"stdin closed" in stderr
-    assert FAKE_KEY.encode() not in received + stderr
+    assert FAKE_KEY.encode() not in json.dumps(messages).encode() + stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
