@@ -26,6 +26,7 @@ from benchmarks.common import (
     Row,
     Spread,
     bridge_env,
+    controlled_standin,
     cpu_seconds,
     script,
     spread,
@@ -165,6 +166,47 @@ async def parallelism(tmp: Path, repeats: int = 5) -> list[Row]:
                     )
                 )
     return rows
+
+
+# --- fan-out --------------------------------------------------------------------------------------
+
+FANOUT_MODELS = ["gpt-4.1", "gpt-4.1-mini", "gpt-5", "claude-sonnet-4-5"]
+
+
+async def fanout(tmp: Path, repeats: int = 7) -> list[Row]:
+    """The Key4U example asked of 4 models at once, each answering after 200 ms per request, against one."""
+    async with controlled_standin() as standin:
+        await standin.set_faults(model_latency=dict.fromkeys(FANOUT_MODELS, 0.2))
+        async with stdio_bridge(bridge_env(standin.base_url, tmp)) as (client, _):
+            one: list[float] = []
+            four: list[float] = []
+            peak = 0
+            for n in range(repeats + 1):
+                for models in ([FANOUT_MODELS[n % 4]], FANOUT_MODELS):  # interleaved, pair by pair
+                    arguments: dict[str, Any] = {"prompt": KEY4U_PROMPT}
+                    arguments |= {"model": models[0]} if len(models) == 1 else {"models": models}
+                    since = await standin.count()
+                    started = time.perf_counter()
+                    result = await client.call_tool("key4u_respond", arguments)
+                    wall = (time.perf_counter() - started) * 1000
+                    out = result.structured_content or {}
+                    assert out.get("status") == "completed", result.content
+                    if n == 0:
+                        continue  # the first pair warms the connections
+                    (one if len(models) == 1 else four).append(wall)
+                    if len(models) > 1:
+                        peak = max(peak, len(await standin.bodies_since(since)))
+    ratio = spread([f / o for f, o in zip(four, one, strict=True)])
+    return [
+        Row(
+            "Fan-out: the Key4U example asked of 4 models at once (200 ms per request each)",
+            f"{ratio.median:.3f}× one model",
+            "≤ 1.15× one model",
+            ratio.median <= 1.15,
+            f"4 models {spread(four).fmt()}, one model {spread(one).fmt()} (pairs interleaved); "
+            f"{peak} upstream requests per group call (2 turns × 4 models); one after another would take 4×",
+        )
+    ]
 
 
 # --- start-up ------------------------------------------------------------------------------------
@@ -416,6 +458,7 @@ ALL = {
     "continuation": per_turn.continuation,
     "tools": per_turn.tools,
     "parallelism": parallelism,
+    "fanout": fanout,
     "startup": startup,
     "peer": peer,
     "scale": scale,

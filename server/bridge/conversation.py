@@ -103,6 +103,34 @@ class Options(BaseModel):
     metadata: dict[str, str] | None = None
 
 
+Labels = Literal["anonymous", "shuffled", "named"]
+
+
+class Member(BaseModel):
+    """One model of a group: its conversation, or why it has none (listed twice, say)."""
+
+    model: str
+    conversation_id: str | None = None
+    error: str | None = None
+
+
+class Group(BaseModel):
+    """Several models asked the same thing at once, each in a conversation of its own that sees no other's.
+
+    The group's own conversation holds the synthesis, when one is asked for: one more model, given the
+    answers, writes where they agree and differ and what it recommends."""
+
+    members: list[Member]
+    synthesize: str | None = None
+    labels: Labels = "anonymous"
+    #: The prompts the group was asked, one per round (the first, then each follow-up).
+    prompts: list[str] = Field(default_factory=list[str])
+    #: The round whose synthesis was started (0: none yet); the group conversation's status says how it went.
+    synthesized: int = 0
+    #: How the latest synthesis named the answers it was given: label -> model.
+    seen_as: dict[str, str] = Field(default_factory=dict[str, str])
+
+
 class Conversation(BaseModel):
     """One conversation: its options, full replay history, status, answer and trace.
 
@@ -137,6 +165,10 @@ class Conversation(BaseModel):
     pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)
+    #: Seconds the latest run took, from its start to its end (None while it runs).
+    run_seconds: float | None = None
+    #: Set on a group's conversation (``grp_`` ids): its members, and the synthesis this conversation holds.
+    group: Group | None = None
 
     #: How much of this conversation its store holds (``server.store.parts.Saved``): the store's
     #: bookkeeping, so that a save writes only what was added since.

@@ -10,6 +10,7 @@ claim at the end, even when the server is shutting down.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -40,8 +41,11 @@ class Job:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     listener: Listener | None = None
+    #: The latest progress message, for a listener that comes later (a caller waiting again, or in a group).
+    last: str | None = None
 
     async def notify(self, message: str) -> None:
+        self.last = message
         if self.listener is not None:
             try:
                 await self.listener(message)
@@ -79,6 +83,7 @@ class Jobs:
 
     async def _run(self, job: Job, loop: Loop) -> None:
         conv = job.conversation
+        started = time.perf_counter()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_claim, job)
@@ -96,6 +101,7 @@ class Jobs:
             logger.exception("conversation %s crashed", conv.id)
             conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"
         finally:
+            conv.run_seconds = round(time.perf_counter() - started, 3)
             with anyio.move_on_after(_SAVE_BOUND, shield=True) as bounded:
                 try:
                     await self._save_and_release(conv)

@@ -16,6 +16,7 @@ from server.bridge.conversation import (
     Conversation,
     Effort,
     FunctionDefinition,
+    Labels,
     PendingCall,
     ResultUsage,
     Status,
@@ -47,6 +48,11 @@ class RespondRequest(BaseModel):
     prompt: str | None = Field(default=None, description="Required for a new conversation.")
     instructions: str | None = Field(default=None, description=None)
     model: str | None = Field(default=None, description=None)
+    models: list[str] | None = Field(
+        default=None, min_length=2, max_length=8, description="Ask 2-8 models at once, each on its own."
+    )
+    synthesize: str | None = Field(default=None, description="A model that then compares their answers.")
+    synthesis_labels: Labels = Field(default="anonymous", description=None)
     tools: list[str] | None = Field(
         default=None,
         description="This server's tools to offer (default all).",
@@ -133,6 +139,10 @@ class RespondResult(BaseModel):
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
     transcript: str = Field(description="URI of the full transcript resource.")
+    seconds: float | None = Field(default=None, description="How long the latest run took.")
+    answers: list[ModelAnswer] | None = Field(
+        default=None, description="With models: each model's own result, in the order listed."
+    )
 
     @classmethod
     def of(cls, conv: Conversation, secrets: Sequence[str]) -> RespondResult:
@@ -152,7 +162,18 @@ class RespondResult(BaseModel):
             notes=conv.notes,
             transcript=f"key4u://conversations/{conv.id}",
             next=_NEXT.get(conv.status, "").format(id=conv.id) or None,
+            seconds=conv.run_seconds,
         )
+
+
+class ModelAnswer(RespondResult):
+    """One model's result in a group: its own conversation, under the model name as it was asked for."""
+
+    asked: str = Field(description="The model as listed in models.")
+
+    @classmethod
+    def of_member(cls, result: RespondResult, asked: str) -> ModelAnswer:
+        return cls(**dict(result), asked=asked)
 
 
 _NEXT = {
@@ -164,4 +185,6 @@ _NEXT = {
 }
 
 
-__all__ = ["FunctionDefinition", "FunctionOutput", "RespondRequest", "RespondResult"]
+RespondResult.model_rebuild()
+
+__all__ = ["FunctionDefinition", "FunctionOutput", "ModelAnswer", "RespondRequest", "RespondResult"]

@@ -19,12 +19,14 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
 
+from server.bridge import panel
 from server.bridge.continuation import add_request, running_elsewhere, settled, still_running
-from server.bridge.conversation import Conversation, Options
+from server.bridge.conversation import Conversation, Group, Member, Options, ResultUsage
 from server.bridge.jobs import Job, Jobs
 from server.bridge.loop import Loop, LoopLimits, Offer
+from server.bridge.panel import is_group
 from server.bridge.plan import Planner
-from server.bridge.request import RespondRequest, RespondResult
+from server.bridge.request import ModelAnswer, RespondRequest, RespondResult
 from server.config import Settings
 from server.errors import StoreError
 from server.store.base import ConversationStore
@@ -84,6 +86,10 @@ class Bridge:
                 "no API key is configured: set KEY4U_API_KEY (or OPENAI_API_KEY) in this server's environment; "
                 "the local tools work without one"
             )
+        if request.models is not None or is_group(request.conversation_id):
+            return await self._group(request, progress, deadline or self.settings.deadline)
+        if request.synthesize is not None:
+            raise ToolError("synthesize needs models: the models whose answers it compares")
         try:
             if request.conversation_id:
                 job = await self._continue(request.conversation_id, request)
@@ -143,13 +149,184 @@ class Bridge:
         await self.store.put(conv)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
 
+    # -- groups: several models at once ------------------------------------------------------------------
+
+    async def _group(self, request: RespondRequest, progress: Progress | None, deadline: float) -> RespondResult:
+        """Start a group, send it a follow-up, or wait for it: every member, then the synthesis."""
+        ends = time.monotonic() + deadline
+        if request.models is not None and request.conversation_id is not None:
+            raise ToolError(
+                "models starts a new group; to go on with a group, pass its conversation_id (grp_...) with a prompt"
+            )
+        try:
+            if request.conversation_id is None:
+                group_conv = await self._start_group(request)
+            else:
+                group_conv = await self._group_of(request)
+            group = group_conv.group
+            assert group is not None
+            answers = await self._wait_members(group, progress, deadline)
+            synthesis: RespondResult | None = None
+            if group.synthesize and panel.settled(answers) and panel.answered(answers):
+                left = max(0.0, ends - time.monotonic())
+                synthesis = await self._synthesis(group_conv, answers, progress, left)
+        except StoreError as exc:
+            raise ToolError(str(exc)) from exc
+        return panel.group_result(group_conv.id, group_conv.group or group, answers, synthesis)
+
+    async def _start_group(self, request: RespondRequest) -> Conversation:
+        if request.model is not None:
+            raise ToolError("give either model or models, not both")
+        if request.function_outputs:
+            raise ToolError("function_outputs go to one model's conversation: pass that answer's conversation_id")
+        if not request.prompt:
+            raise ToolError("prompt is required to ask models")
+        if any(not name.strip() or len(name) > 200 for name in request.models or []):
+            raise ToolError("each entry of models must be a model name (1 to 200 characters)")
+        group = Group(
+            members=panel.plan_members(request.models or []),
+            synthesize=request.synthesize,
+            labels=request.synthesis_labels,
+            prompts=[request.prompt],
+        )
+        for member in group.members:
+            if member.error is not None:
+                continue
+            try:
+                job = await self._start_new(panel.member_request(request, member.model))
+            except ToolError as exc:
+                if not any(m.conversation_id for m in group.members):
+                    raise  # what every member shares (the prompt, the tools) is wrong: the call's error
+                member.error = f"{member.model}: {exc}"
+                continue
+            member.conversation_id = job.conversation.id
+        conv = Conversation(
+            id=panel.new_group_id(),
+            options=Options(
+                model=request.synthesize or group.members[0].model, tools=[], instructions=panel.SYNTHESIS_INSTRUCTIONS
+            ),
+            status="completed",
+            group=group,
+        )
+        await self.store.create(conv, self.jobs.owner, self.jobs.lease)
+        await self.store.release(conv.id, self.jobs.owner)
+        return conv
+
+    async def _group_of(self, request: RespondRequest) -> Conversation:
+        """A stored group, with a follow-up prompt sent to every member when the call has one."""
+        group_id = request.conversation_id
+        assert group_id is not None
+        if request.function_outputs:
+            raise ToolError(
+                "function_outputs go to one model's conversation: pass that answer's conversation_id, "
+                f"then wait for the group with conversation_id={group_id!r}"
+            )
+        if request.model is not None or request.synthesize is not None:
+            raise ToolError("a group keeps its models and synthesis; start a new group to change them")
+        running = self.jobs.running.get(group_id)
+        stored = running.conversation if running is not None else None
+        if stored is None:
+            found = await self.store.get(group_id)
+            stored = found.conversation if found is not None else None
+        if stored is None or stored.group is None:
+            raise ToolError(f"unknown conversation_id {group_id!r}; it may have expired: start a new one")
+        if not request.prompt:
+            return stored
+        members = [m for m in stored.group.members if m.conversation_id]
+        busy = [m.model for m in members if (m.conversation_id or "") in self.jobs.running]
+        if busy or running is not None:
+            raise ToolError(
+                f"the group is still working ({', '.join(busy) or 'the synthesis'}); call key4u_respond with only "
+                f"conversation_id={group_id!r} to wait for it, then send the follow-up"
+            )
+        for member in members:
+            assert member.conversation_id is not None
+            try:
+                await self._continue(member.conversation_id, panel.follow_up(request, member.conversation_id))
+            except ToolError as exc:
+                member.error = f"{member.model}: the follow-up was not sent: {exc}"
+        stored.group.prompts.append(request.prompt)
+        await self._save_group(stored)
+        return stored
+
+    async def _save_group(self, conv: Conversation) -> None:
+        """Save a group's conversation while nothing runs it (under a claim, so no other process writes it then)."""
+        claimed = await self.store.claim(conv.id, self.jobs.owner, self.jobs.lease)
+        if claimed is None:
+            raise ToolError(f"group {conv.id} is busy in another server process; try again in a moment")
+        try:
+            claimed.group = conv.group
+            await self.store.put(claimed)
+        finally:
+            await self.store.release(conv.id, self.jobs.owner)
+
+    async def _wait_members(self, group: Group, progress: Progress | None, deadline: float) -> list[ModelAnswer]:
+        """Every member's result, waited for at once, each one's progress told under its model's name."""
+        members = [m for m in group.members if m.conversation_id is not None]
+        answers: dict[int, ModelAnswer] = {}
+
+        async def wait(n: int, member: Member) -> None:
+            assert member.conversation_id is not None
+            told = _labelled(progress, member.model)
+            try:
+                job = await self._continue(
+                    member.conversation_id, RespondRequest(conversation_id=member.conversation_id)
+                )
+                result = await self._wait(job, told, deadline)
+            except (ToolError, StoreError) as exc:  # expired, or a database fault: this member's, not the group's
+                result = _missing(member.conversation_id, str(exc))
+            answers[n] = ModelAnswer.of_member(result, member.model)
+
+        async with anyio.create_task_group() as tg:
+            for n, member in enumerate(members):
+                tg.start_soon(wait, n, member)
+        return [answers[n] for n in range(len(members))]
+
+    async def _synthesis(
+        self, group_conv: Conversation, answers: list[ModelAnswer], progress: Progress | None, deadline: float
+    ) -> RespondResult:
+        """The synthesis of the latest round: started once every member has settled, or waited for."""
+        group_id = group_conv.id
+        told = _labelled(progress, "synthesis")
+        running = self.jobs.running.get(group_id)
+        if running is not None:
+            return await self._wait(running, told, deadline)
+        claimed = await self.store.claim(group_id, self.jobs.owner, self.jobs.lease)
+        if claimed is None:  # another process is writing it
+            job = await self._continue(group_id, RespondRequest(conversation_id=group_id))
+            return await self._wait(job, told, deadline)
+        group = claimed.group
+        assert group is not None
+        if group.synthesized >= len(group.prompts):  # started before: report it (or resume it, if interrupted)
+            await self.store.release(group_id, self.jobs.owner)
+            job = await self._continue(group_id, RespondRequest(conversation_id=group_id))
+            return await self._wait(job, told, deadline)
+        try:
+            done = panel.answered(answers)
+            prompt, group.seen_as = panel.synthesis_prompt(
+                group.prompts[-1], done, len(answers) - len(done), group.labels
+            )
+            group.synthesized = len(group.prompts)
+            conv = settled(claimed)
+            add_request(conv, RespondRequest(conversation_id=group_id, prompt=prompt))
+            conv.options = conv.options.model_copy(update={"model": group.synthesize})
+            offer = self.planner.offer(conv.options)
+        except BaseException:
+            await self.store.release(group_id, self.jobs.owner)
+            raise
+        group_conv.group = group  # the caller reports what this synthesis was shown
+        self._begin(conv)
+        await self.store.put(conv)
+        job = self.jobs.start(conv, lambda job: self._loop(offer, job))
+        return await self._wait(job, told, deadline)
+
     async def _servers_for(self, tools: list[str] | None) -> None:
         """Give downstream servers that are still starting, and whose tools may be offered, a moment."""
         if self.hub is not None:
             await self.hub.wait_ready_for(tools, min(10.0, self.settings.deadline / 2))
 
     def _begin(self, conv: Conversation) -> None:
-        conv.status = "in_progress"
+        conv.status, conv.run_seconds = "in_progress", None
         conv.notes.extend(self.toolsets.problems())
         if self.prices is not None:
             self.prices.want()  # fetched in the background while the model works; never waited for
@@ -168,6 +345,8 @@ class Bridge:
     async def _wait(self, job: Job, progress: Progress | None, deadline: float) -> RespondResult:
         job.listener = progress
         try:
+            if progress is not None and job.last is not None and not job.done.is_set():
+                await job.notify(job.last)  # where it stands now, for a caller who comes in mid-run
             with anyio.move_on_after(deadline):
                 await job.done.wait()
         except anyio.get_cancelled_exc_class():
@@ -185,6 +364,33 @@ class Bridge:
 
     async def aclose(self) -> None:
         self.jobs.cancel_all()
+
+
+def _labelled(progress: Progress | None, label: str) -> Progress | None:
+    """Progress told under a member's name, so a host shows which model is where."""
+    if progress is None:
+        return None
+
+    async def told(message: str) -> None:
+        await progress(f"{label}: {message}")
+
+    return told
+
+
+def _missing(conversation_id: str, error: str) -> RespondResult:
+    """A member whose conversation cannot be read (expired, or the database failed)."""
+    return RespondResult(
+        text="",
+        status="failed",
+        conversation_id=conversation_id,
+        model=None,
+        turns=0,
+        tool_calls=[],
+        pending_calls=[],
+        usage=ResultUsage(),
+        error=error,
+        transcript=f"key4u://conversations/{conversation_id}",
+    )
 
 
 __all__ = ["Bridge"]

@@ -25,7 +25,7 @@ from mcp.types import CallToolResult
 
 from server.config import Settings
 from server.logs import mask
-from server.standin import StandIn
+from server.standin import Faults, StandIn
 
 KEY4U_PROMPT = (
     "Please help me do the following tasks at the same time:\n1. Get the current system time\n"
@@ -40,6 +40,10 @@ LOCAL_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("random_generator", {"min": 1, "max": 100, "count": 3}),
 ]
 OFFLINE_KEY = "offline-demo-key"
+#: The models step 5 asks at once against the stand-in, and the seconds it waits per request for each, to
+#: stand for models of different speeds.
+OFFLINE_PANEL = {"gpt-4.1": 0.3, "claude-sonnet-4-5": 0.5}
+OFFLINE_SYNTHESIS = "gpt-4.1-mini"
 
 
 class Printer:
@@ -74,6 +78,7 @@ def upstream_for(settings: Settings) -> Generator[tuple[dict[str, str], str]]:
             yield env, f"the configured gateway {settings.base_url} (model {settings.model})"
             return
         standin = stack.enter_context(StandIn())
+        standin.faults = Faults(model_latency=dict(OFFLINE_PANEL))
         env.update(KEY4U_API_KEY=OFFLINE_KEY, KEY4U_BASE_URL=standin.base_url, OPENAI_API_KEY="", OPENAI_BASE_URL="")
         yield env, f"the offline stand-in at {standin.base_url} (no API key set; answers are labelled, not a model's)"
 
@@ -108,7 +113,8 @@ class Demo:
                     api=other,
                     required=not self.settings.has_key,  # a real gateway may serve only one API for this model
                 )
-                await self._listing(client, "5. What this server's calls used and cost today (key4u_usage):", days=1)
+                await self._panel(client, "5. The same example asked of two models at once, then compared:")
+                await self._listing(client, "6. What this server's calls used and cost today (key4u_usage):", days=1)
         out(f"\nTotal time {time.perf_counter() - started:.2f} s. Upstream: {upstream}")
         if self.failures:
             out(f"FAILED: {'; '.join(self.failures)}")
@@ -173,6 +179,50 @@ class Demo:
             return str(data.get("api") or "")
         self._account(data, wall)
         return str(data.get("api") or "")
+
+    def _panel_models(self) -> tuple[list[str], str]:
+        """Two models and a synthesizer: the stand-in's, or the configured model and a second one."""
+        if not self.settings.has_key:
+            return list(OFFLINE_PANEL), OFFLINE_SYNTHESIS
+        other = "gpt-4.1-mini" if self.settings.model != "gpt-4.1-mini" else "gpt-4.1"
+        return [self.settings.model, other], self.settings.model
+
+    async def _panel(self, client: Client, title: str) -> None:
+        out = self.out
+        models, synthesizer = self._panel_models()
+        out(f"\n{title}")
+        out(f"  models={json.dumps(models)}, synthesize={synthesizer!r}")
+        if not self.settings.has_key:
+            waits = ", ".join(f"{m} {s:g} s" for m, s in OFFLINE_PANEL.items())
+            out(f"  (the stand-in waits per request, to stand for models of different speeds: {waits})")
+        arguments = {"prompt": KEY4U_PROMPT, "models": models, "synthesize": synthesizer}
+        t0 = time.perf_counter()
+        result = await client.call_tool("key4u_respond", arguments)
+        wall = time.perf_counter() - t0
+        data: dict[str, Any] = result.structured_content or {}
+        answers: list[dict[str, Any]] = data.get("answers") or []
+        if result.is_error or data.get("status") != "completed" or not answers:
+            if not self.settings.has_key:
+                self.failures.append(f"asking two models ended with status {data.get('status', 'error')}")
+            out(f"\n  key4u_respond with models failed:\n    {_text(result)[:600]}")
+            return
+        for answer in answers:
+            took = f"{answer['seconds']:.2f} s" if answer.get("seconds") is not None else "?"
+            cost = _cost(answer["usage"])
+            out(f"\n  {answer['asked']}: {answer['status']} in {took}, {answer['turns']} turns, {cost}")
+            for line in (answer.get("text") or answer.get("error") or "").splitlines()[:3]:
+                out(f"    {line[:140]}")
+        out("\n  Synthesis:")
+        for line in (data.get("text") or "(none)").splitlines():
+            out(f"    {line}")
+        notes: list[str] = data.get("notes") or []
+        for note in notes:
+            out(f"  Note: {note}")
+        slowest = max((a.get("seconds") or 0.0) for a in answers)
+        out(
+            f"\n  Wall time {wall:.2f} s for both models and the synthesis; the slowest model alone took "
+            f"{slowest:.2f} s: they ran at the same time. Combined: {_cost(data['usage'])}."
+        )
 
     def _account(self, data: dict[str, Any], wall_ms: float) -> None:
         out = self.out

@@ -119,6 +119,13 @@ def _not_implemented() -> JSONResponse:
     ).response()
 
 
+def _unknown_model(name: str) -> JSONResponse:
+    """OpenAI's answer for a model the key cannot use."""
+    return RequestError(
+        404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found"
+    ).response()
+
+
 def _personality(path: str, body: dict[str, Any] | None, faults: Faults) -> JSONResponse | None:
     if path == RESPONSES_PATH:
         if faults.responses_route == "missing":
@@ -138,6 +145,7 @@ def create_app(state: StandInState) -> Starlette:
         async def serve(request: Request) -> Response:
             state.count += 1
             state.active += 1
+            state.peak_active = max(state.peak_active, state.active)
             streaming = False
             try:
                 response = await answer(request, path, handle)
@@ -167,6 +175,11 @@ def create_app(state: StandInState) -> Starlette:
                 problem = RequestError(400, "The request body must be a JSON object.")
         if state.faults.latency:
             await anyio.sleep(state.faults.latency)
+        model_name = (body or {}).get("model")
+        if isinstance(model_name, str) and (delay := state.faults.model_latency.get(model_name)):
+            await anyio.sleep(delay)
+        if isinstance(model_name, str) and model_name in state.faults.unknown_models:
+            return _unknown_model(model_name)
         if (refusal := _personality(path, body, state.faults)) is not None:
             return refusal
         if problem is not None or body is None:

@@ -68,7 +68,7 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
     if not planned and kind == "json_schema":
         text = model.structured_answer(schema, outputs)
     elif not planned:
-        text = model.answer(prompt, outputs)
+        text = model.answer(prompt, outputs, str(body.get("model") or ""))
         text = json.dumps({"answer": text}, ensure_ascii=False) if kind == "json_object" else text
     if not planned and faults.answer_text is not None:
         text = faults.answer_text

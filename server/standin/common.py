@@ -90,6 +90,11 @@ class Faults:
     """``missing``: ``GET /api/pricing`` answers 404, as gateways outside the new-api family do."""
     billing_route: Literal["ok", "missing"] = "ok"
     """``missing``: ``GET /v1/dashboard/billing/subscription`` and ``/usage`` answer 404."""
+    model_latency: dict[str, float] = field(default_factory=dict[str, float])
+    """Seconds added before answering a request for this model (after ``latency``): models of
+    different speeds, for fan-out."""
+    unknown_models: tuple[str, ...] = ()
+    """Models the gateway does not serve: their requests get OpenAI's 404 ``model_not_found``."""
     advertise_endpoints: bool = False
     """List ``supported_endpoint_types`` per model in ``GET /v1/models``, as newer new-api builds do:
     ``["openai"]`` for chat-only models, ``["openai", "openai-response"]`` for the others."""
@@ -111,6 +116,8 @@ class StandInState:
     count: int = 0
     active: int = 0
     """Requests being answered right now (a stream counts until it ends or the client leaves)."""
+    peak_active: int = 0
+    """The most requests ever answered at once."""
 
 
 class RequestError(Exception):

@@ -29,6 +29,7 @@ _BINARY = re.compile(r"(-?\d+(?:\.\d+)?)\s*([+\-*/^×÷x]|\*\*)\s*(-?\d+(?:\.\d+
 _BETWEEN = re.compile(r"between\s+(-?\d+)\s+and\s+(-?\d+)", re.IGNORECASE)
 _COUNT = re.compile(r"(\d+)\s+(?:random\s+)?(?:numbers|integers|values)", re.IGNORECASE)
 _QUOTED = re.compile(r"[\"“']([^\"”']{1,500})[\"”']")
+_ANSWER_LABEL = re.compile(r'<answer label="([^"]{1,80})">')
 _ZONE = re.compile(r"\b([A-Z][a-z]+/[A-Z][A-Za-z_]+)\b")
 _OPERATORS = {
     "+": "add",
@@ -197,11 +198,16 @@ def _shorten(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def answer(prompt: str, outputs: list[tuple[str, str]]) -> str:
-    """The final message: what each tool returned, labelled as the stand-in's."""
+def answer(prompt: str, outputs: list[tuple[str, str]], model: str = "") -> str:
+    """The final message: what each tool returned, labelled as the stand-in's and by the model asked for
+    (so that answers of different models differ). Asked to compare labelled answers (``<answer
+    label="...">``, as a synthesis request has them), it lists the labels it was given."""
+    label = f"{LABEL} As {model}:" if model else LABEL
+    if not outputs and (compared := _ANSWER_LABEL.findall(prompt)):
+        return f"{label} Compared {len(compared)} answers: {', '.join(compared)}."
     if not outputs:
-        return f"{LABEL} No tool was needed. You asked: {_shorten(prompt, 300)}"
-    lines = [f"{LABEL} Results of {len(outputs)} tool call(s):"]
+        return f"{label} No tool was needed. You asked: {_shorten(prompt, 300)}"
+    lines = [f"{label} Results of {len(outputs)} tool call(s):"]
     lines += [f"- {name}: {_shorten(output)}" for name, output in outputs]
     return "\n".join(lines)
 

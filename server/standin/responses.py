@@ -253,7 +253,7 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
         if text_format.get("type") == "json_schema":
             text = model.structured_answer(text_format.get("schema") or {}, turn_outputs)
         else:
-            text = model.answer(prompt, turn_outputs)
+            text = model.answer(prompt, turn_outputs, str(body.get("model") or ""))
         if faults.answer_text is not None:
             text = faults.answer_text
         output.append(

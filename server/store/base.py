@@ -49,8 +49,11 @@ class ConversationInfo:
 
 
 def title_of(conv: Conversation) -> str:
-    """The conversation's first prompt, on one line and shortened: its title in listings."""
+    """The conversation's first prompt, on one line and shortened: its title in listings (a group's: the
+    prompt its models were asked, not the synthesis request)."""
     prompt = next((i.text for i in conv.items if isinstance(i, Message) and i.role == "user"), "")
+    if conv.group is not None:
+        prompt = conv.group.prompts[0] if conv.group.prompts else ""
     title = " ".join(prompt[:400].split())
     return title if len(title) <= 80 else title[:79] + "…"
 

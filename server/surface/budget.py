@@ -150,6 +150,46 @@ def fit(result: RespondResult, budget: int, render: Callable[[RespondResult], st
     return fitted
 
 
+def fit_group(
+    result: RespondResult, budget: int, render: Callable[[RespondResult], str], reads: Reads
+) -> RespondResult:
+    """A group's result within ``budget``, shared fairly: the synthesis keeps what it needs up to half,
+    and each model's answer gets an equal share of the rest, a share a short answer leaves unused going
+    to the longer ones. Each answer is then shortened as ``fit`` shortens one result."""
+
+    def size(r: RespondResult) -> int:
+        return measure(r, render, reads)
+
+    answers = result.answers or []
+    if size(result) <= budget or not answers:
+        return fit(result, budget, render, reads)
+    base = result.model_copy(update={"answers": []})
+    head = fit(base, budget // 2, render, reads) if size(base) > budget // 2 else base
+    room = max(budget - size(head), 0)
+    shares = fair_shares([size(a) for a in answers], room)
+    fitted = [fit(a, share, render, reads) for a, share in zip(answers, shares, strict=True)]
+    shortened = sum(f is not a for f, a in zip(fitted, answers, strict=True))
+    notes = [*head.notes]
+    if shortened:
+        notes.append(
+            f"{shortened} of {len(answers)} answers were shortened to share this host's room fairly: each "
+            "answer's own notes say where to read the rest"
+        )
+    return head.model_copy(update={"answers": fitted, "notes": notes})
+
+
+def fair_shares(sizes: Sequence[int], room: int) -> list[int]:
+    """Max-min fair shares of ``room``: the smallest needs are met whole, the rest split equally."""
+    shares = [0] * len(sizes)
+    left, count = room, len(sizes)
+    for n in sorted(range(len(sizes)), key=lambda i: sizes[i]):
+        share = min(sizes[n], left // count)
+        shares[n] = share
+        left -= share
+        count -= 1
+    return shares
+
+
 def _answer_head(
     result: RespondResult, budget: int, size: Callable[[RespondResult], int], copies: int
 ) -> RespondResult:
@@ -167,4 +207,4 @@ def _answer_head(
     return result.model_copy(update={"text": text[:low]})
 
 
-__all__ = ["Host", "client_name", "fit", "measure"]
+__all__ = ["Host", "client_name", "fair_shares", "fit", "fit_group", "lines_within", "measure"]

@@ -25,14 +25,14 @@ from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
 from server.bridge.service import Bridge
 from server.config import Settings
-from server.surface.budget import Host, client_name, fit
+from server.surface.budget import Host, client_name, fit, fit_group
 
 logger = logging.getLogger(__name__)
 
 TOOL_NAME = "key4u_respond"
 DESCRIPTION = (
-    "Ask a model behind the Key4U gateway (GPT, Claude, Gemini, ...); it may call this server's tools and "
-    "your functions in parallel. The result says what to do next."
+    "Ask a model behind the Key4U gateway (GPT, Claude, Gemini, ...), or several at once; it may call this "
+    "server's tools and your functions in parallel. The result says what to do next."
 )
 
 
@@ -125,6 +125,8 @@ def register_respond(server: MCPServer[Any], settings: Settings) -> None:
 
 def render(result: RespondResult) -> str:
     """The text content: the answer first, then what to do next and a short account."""
+    if result.answers is not None:
+        return _render_group(result)
     lines: list[str] = []
     if result.text:
         lines.append(result.text)
@@ -139,6 +141,31 @@ def render(result: RespondResult) -> str:
     body = "\n".join(lines)
     summary = _summary(result)
     return f"{body}\n\n{summary}" if body else summary
+
+
+def _render_group(result: RespondResult) -> str:
+    """A group: the synthesis, then each model's answer under its name, then the group's account."""
+    blocks: list[str] = []
+    if result.text:
+        blocks.append(f"Synthesis by {result.model or 'the synthesis model'}:\n{result.text}")
+    for answer in result.answers or []:
+        took = f" · {answer.seconds:.1f} s" if answer.seconds is not None else ""
+        blocks.append(f"## {answer.asked}{took}\n{render(answer)}")
+    tail: list[str] = []
+    if result.error:
+        tail.append(f"Error: {result.error}")
+    if result.next:
+        tail.append(f"Next: {result.next}")
+    tail += [f"Note: {n}" for n in result.notes]
+    if tail:
+        blocks.append("\n".join(tail))
+    usage = result.usage
+    took = f" · {result.seconds:.1f} s" if result.seconds is not None else ""
+    blocks.append(
+        f"[group {result.status} · {len(result.answers or [])} models{took} · tokens in {usage.input_tokens} / "
+        f"out {usage.output_tokens}{_cost(result)} · {result.conversation_id}]"
+    )
+    return "\n\n".join(blocks)
 
 
 def _summary(result: RespondResult) -> str:
@@ -159,7 +186,7 @@ def to_call_result(result: RespondResult, host: Host, max_chars: int | None = No
     """The result within what ``host`` passes on whole (``max_chars`` overrides its budget), with a link
     to the full transcript."""
     budget = max_chars or host.budget
-    fitted = fit(result, budget, render, host.reads)
+    fitted = (fit_group if result.answers is not None else fit)(result, budget, render, host.reads)
     link = ResourceLink(
         type="resource_link",
         uri=result.transcript,
@@ -188,4 +215,6 @@ def transcript(conv: Conversation) -> str:
         "created_at": conv.created_at,
         "updated_at": conv.updated_at,
     }
+    if conv.group is not None:  # a group: its models' conversations are resources of their own
+        document["group"] = conv.group.model_dump(mode="json")
     return json.dumps(document, ensure_ascii=False, indent=1)

@@ -39,7 +39,12 @@ def test_demo_without_a_key_runs_the_example_against_the_stand_in() -> None:
     assert re.search(r"tokens in \d+ \(cached \d+\) / out \d+", out)
     assert re.search(r"gpt-4.1 · OpenAI · \$2/\$8 \(cached \$0.5\)", out)  # key4u_models, priced by the stand-in
     assert re.search(r"cost \$0\.0\d+", out)  # the example priced per turn from the gateway's list
-    assert re.search(r"Total, last 1 day \(UTC\) · 4 turns · .* · \$0\.\d+", out)  # key4u_usage: both runs
+    # Two models at once: each answered on its own, then the synthesis compared them.
+    assert re.search(r"gpt-4.1: completed in [\d.]+ s, 2 turns", out)
+    assert re.search(r"claude-sonnet-4-5: completed in [\d.]+ s, 2 turns", out)
+    assert "As gpt-4.1-mini: Compared 2 answers" in out and "they ran at the same time" in out
+    # key4u_usage: the two runs (2 turns each), the two models (2 each) and the synthesis (1).
+    assert re.search(r"Total, last 1 day \(UTC\) · 9 turns · .* · \$0\.\d+", out)
 
 
 def test_demo_exits_non_zero_when_the_gateway_fails() -> None:
