@@ -96,6 +96,19 @@ class Settings(BaseSettings):
         "process may continue it this long after the last renewal.",
     )
     tool_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("KEY4U_TOOL_TIMEOUT", "tool_timeout"))
+    ask_writes: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("KEY4U_ASK_WRITES", "ask_writes"),
+        description="Downstream tools not annotated read-only ask the person to approve each call, where the "
+        "host can show a form (MCP elicitation); elsewhere, and when false, the call comes back as pending.",
+    )
+    approval_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("KEY4U_APPROVAL_TIMEOUT", "approval_timeout"),
+        description="Seconds an approval form waits for the person; no answer counts as a denial.",
+    )
     tool_concurrency: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("KEY4U_TOOL_CONCURRENCY", "tool_concurrency")
     )

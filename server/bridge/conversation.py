@@ -63,6 +63,23 @@ class ToolCallTrace(BaseModel):
     started_ms: float = Field(description="Start time, in ms since the conversation's request began.")
     output: str = Field(default="", description="What the model was sent (shortened).")
     ran_by: Literal["bridge", "caller"] = "bridge"
+    approval: str | None = Field(default=None, description="Who approved or denied the call, when it was asked.")
+
+
+Decision = Literal["approved", "approved for this conversation", "denied", "no answer", "not asked"]
+
+
+class Approval(BaseModel):
+    """A person's decision on one call of an ``ask`` tool, as the transcript keeps it."""
+
+    turn: int
+    call_id: str
+    tool: str
+    decision: Decision
+    by: str = Field(description="Who decided: the host whose user answered, or the rule that applied.")
+    at: float = Field(default_factory=time.time)
+    reason: str | None = None
+    edited: list[str] = Field(default_factory=list[str], description="Arguments the person changed.")
 
 
 class PendingCall(BaseModel):
@@ -165,6 +182,9 @@ class Conversation(BaseModel):
     pending_calls: list[PendingCall] = Field(default_factory=list[PendingCall])
     parsed: Any = None
     notes: list[str] = Field(default_factory=list)
+    #: Decisions on calls of ``ask`` tools, oldest first; and the tools approved for the rest of the conversation.
+    approvals: list[Approval] = Field(default_factory=list[Approval])
+    approved_tools: list[str] = Field(default_factory=list[str])
     #: Seconds the latest run took, from its start to its end (None while it runs).
     run_seconds: float | None = None
     #: Set on a group's conversation (``grp_`` ids): its members, and the synthesis this conversation holds.

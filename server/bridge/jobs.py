@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
+from server.bridge.approval import NOBODY, ApprovalRequest, Approver, Verdict
 from server.bridge.conversation import Conversation
 from server.bridge.loop import Loop
 from server.errors import StoreError
@@ -43,6 +44,21 @@ class Job:
     listener: Listener | None = None
     #: The latest progress message, for a listener that comes later (a caller waiting again, or in a group).
     last: str | None = None
+    #: Who can approve an ``ask`` call right now: the waiting caller's host, if it can show a form.
+    approver: Approver | None = None
+
+    #: A form is open in the host: the waiting caller stays past its deadline until the person answers.
+    asking: bool = False
+
+    async def approve(self, request: ApprovalRequest) -> Verdict:
+        approver = self.approver
+        if approver is None:
+            return NOBODY
+        self.asking = True
+        try:
+            return await approver.ask(request)
+        finally:
+            self.asking = False
 
     async def notify(self, message: str) -> None:
         self.last = message

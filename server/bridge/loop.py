@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from server.bridge.conversation import Conversation, PendingCall, ToolCallTrace, TurnUsage
+from server.bridge.approval import NOBODY, ApprovalRequest, Verdict
+from server.bridge.conversation import Approval, Conversation, PendingCall, ToolCallTrace, TurnUsage
 from server.errors import UpstreamError
 from server.telemetry import OFF, Telemetry
 from server.toolsets.base import OfferedTool, RunMode
@@ -150,8 +151,12 @@ class Loop:
     #: What a turn costs; None when nothing is priced.
     prices: Prices | None = None
     telemetry: Telemetry = OFF
+    #: Asks the person about a call of an ``ask`` tool; None: nobody can (such calls come back pending).
+    approve: Callable[[ApprovalRequest], Awaitable[Verdict]] | None = None
     clock_start: float = field(default_factory=time.perf_counter)
     _stages: set[str] = field(default_factory=set[str])
+    #: This run's verdicts by call id, for the calls' traces.
+    _approved: dict[str, str] = field(default_factory=dict[str, str])
     _last_said: float = field(default_factory=time.perf_counter)
 
     async def _say(self, message: str) -> None:
@@ -256,6 +261,7 @@ class Loop:
     async def _run_calls(self, conv: Conversation, calls: Sequence[FunctionCall], turn: int) -> bool:
         outputs: dict[str, str] = {}
         to_run: list[tuple[FunctionCall, Offered, dict[str, Any]]] = []
+        asked: list[tuple[FunctionCall, Offered, dict[str, Any]]] = []
         pending: list[PendingCall] = []
         for call in calls:
             offered = self.tools.offered.get(call.name)
@@ -275,8 +281,16 @@ class Loop:
                 continue
             if offered.mode == "return":
                 pending.append(PendingCall(call_id=call.call_id, name=offered.spec.mcp_name, arguments=arguments))
+            elif offered.mode == "ask":
+                asked.append((call, offered, arguments))
             else:
                 to_run.append((call, offered, arguments))
+        for call, offered, arguments in asked:  # one form after another: a person answers one at a time
+            approved = await self._approval(conv, turn, call, offered, arguments, outputs)
+            if approved is not None:
+                to_run.append((call, offered, approved))
+            elif call.call_id not in outputs:  # nobody could be asked: the caller decides, as in return mode
+                pending.append(PendingCall(call_id=call.call_id, name=offered.spec.mcp_name, arguments=arguments))
         if to_run:
             await self._say(f"turn {turn}: running {len(to_run)} tool call(s) in parallel")
             limiter = anyio.CapacityLimiter(self.limits.concurrency)
@@ -300,6 +314,58 @@ class Loop:
             conv.status = "requires_action"
             return True
         return False
+
+    async def _approval(
+        self,
+        conv: Conversation,
+        turn: int,
+        call: FunctionCall,
+        offered: Offered,
+        arguments: dict[str, Any],
+        outputs: dict[str, str],
+    ) -> dict[str, Any] | None:
+        """The arguments to run an ``ask`` call with once approved; None when it is not to run (denied: its
+        output in ``outputs``; not asked: it becomes a pending call)."""
+        name = offered.spec.mcp_name
+        if name in conv.approved_tools:
+            verdict = Verdict("approved", "approved for this conversation earlier")
+        else:
+            request = ApprovalRequest(name, arguments, offered.tool.input_schema, conv.options.model, conv.id, turn)
+            await self._say(f"turn {turn}: asking you to approve {name}")
+            verdict = NOBODY if self.approve is None else await self.approve(request)
+        conv.approvals.append(
+            Approval(
+                turn=turn,
+                call_id=call.call_id,
+                tool=name,
+                decision=verdict.decision,
+                by=verdict.by,
+                reason=verdict.reason,
+                edited=verdict.edited,
+            )
+        )
+        if verdict.decision == "not asked":
+            conv.notes.append(f"{name} needs approval, but {verdict.by}: it comes back to you as a pending call")
+            return None
+        label = f"{verdict.decision} ({verdict.by})"
+        self._approved[call.call_id] = label
+        if not verdict.approved:
+            why = f": {verdict.reason}" if verdict.reason else ""
+            outputs[call.call_id] = error_output(
+                f"the user did not approve this call of {name} ({verdict.decision}){why}"
+            )
+            self._trace(conv, turn, call, name, arguments, False, 0.0, 0.0, outputs[call.call_id])
+            return None
+        if verdict.decision == "approved for this conversation" and name not in conv.approved_tools:
+            conv.approved_tools.append(name)
+        if not verdict.edited or verdict.arguments is None:
+            return arguments
+        try:  # the person's edits are checked as the model's arguments are
+            return parse_arguments(offered.spec, json.dumps(verdict.arguments))
+        except ArgumentError as exc:
+            outputs[call.call_id] = error_output(f"the arguments the user edited do not fit {name}: {exc}")
+            self._trace(conv, turn, call, name, verdict.arguments, False, 0.0, 0.0, outputs[call.call_id])
+            return None
 
     async def _run_one(
         self,
@@ -334,8 +400,8 @@ class Loop:
             outputs[call.call_id] = output
             self._trace(conv, turn, call, name, arguments, ok, ms, (started - self.clock_start) * 1000, output)
 
-    @staticmethod
     def _trace(
+        self,
         conv: Conversation,
         turn: int,
         call: FunctionCall,
@@ -356,5 +422,6 @@ class Loop:
                 ms=round(ms, 2),
                 started_ms=round(started_ms, 2),
                 output=output[:500],
+                approval=self._approved.get(call.call_id),
             )
         )

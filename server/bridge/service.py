@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,6 +21,7 @@ from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server.bridge import panel
+from server.bridge.approval import Approver
 from server.bridge.continuation import add_request, running_elsewhere, settled, still_running
 from server.bridge.conversation import Conversation, Group, Member, Options, ResultUsage
 from server.bridge.jobs import Job, Jobs
@@ -79,15 +81,25 @@ class Bridge:
         )
 
     async def respond(
-        self, request: RespondRequest, progress: Progress | None, *, deadline: float | None = None
+        self,
+        request: RespondRequest,
+        progress: Progress | None,
+        *,
+        deadline: float | None = None,
+        approver: Approver | None = None,
     ) -> RespondResult:
+        """Start, continue or wait for a conversation (or a group), for up to ``deadline`` seconds.
+
+        ``progress`` hears how it goes; ``approver``, when the caller's host can show forms, is asked
+        about each call of an ``ask`` tool while this call waits."""
+        waiter = Waiter(progress, approver)
         if self.upstream is None:
             raise ToolError(
                 "no API key is configured: set KEY4U_API_KEY (or OPENAI_API_KEY) in this server's environment; "
                 "the local tools work without one"
             )
         if request.models is not None or is_group(request.conversation_id):
-            return await self._group(request, progress, deadline or self.settings.deadline)
+            return await self._group(request, waiter, deadline or self.settings.deadline)
         if request.synthesize is not None:
             raise ToolError("synthesize needs models: the models whose answers it compares")
         try:
@@ -97,7 +109,7 @@ class Bridge:
                 job = await self._start_new(request)
         except StoreError as exc:  # the database is unusable: say which file and what to do
             raise ToolError(str(exc)) from exc
-        return await self._wait(job, progress, deadline or self.settings.deadline)
+        return await self._wait(job, waiter, deadline or self.settings.deadline)
 
     async def _start_new(self, request: RespondRequest) -> Job:
         if not request.prompt:
@@ -151,7 +163,7 @@ class Bridge:
 
     # -- groups: several models at once ------------------------------------------------------------------
 
-    async def _group(self, request: RespondRequest, progress: Progress | None, deadline: float) -> RespondResult:
+    async def _group(self, request: RespondRequest, waiter: Waiter, deadline: float) -> RespondResult:
         """Start a group, send it a follow-up, or wait for it: every member, then the synthesis."""
         ends = time.monotonic() + deadline
         if request.models is not None and request.conversation_id is not None:
@@ -165,11 +177,11 @@ class Bridge:
                 group_conv = await self._group_of(request)
             group = group_conv.group
             assert group is not None
-            answers = await self._wait_members(group, progress, deadline)
+            answers = await self._wait_members(group, waiter, deadline)
             synthesis: RespondResult | None = None
             if group.synthesize and panel.settled(answers) and panel.answered(answers):
                 left = max(0.0, ends - time.monotonic())
-                synthesis = await self._synthesis(group_conv, answers, progress, left)
+                synthesis = await self._synthesis(group_conv, answers, waiter, left)
         except StoreError as exc:
             raise ToolError(str(exc)) from exc
         return panel.group_result(group_conv.id, group_conv.group or group, answers, synthesis)
@@ -260,14 +272,14 @@ class Bridge:
         finally:
             await self.store.release(conv.id, self.jobs.owner)
 
-    async def _wait_members(self, group: Group, progress: Progress | None, deadline: float) -> list[ModelAnswer]:
+    async def _wait_members(self, group: Group, waiter: Waiter, deadline: float) -> list[ModelAnswer]:
         """Every member's result, waited for at once, each one's progress told under its model's name."""
         members = [m for m in group.members if m.conversation_id is not None]
         answers: dict[int, ModelAnswer] = {}
 
         async def wait(n: int, member: Member) -> None:
             assert member.conversation_id is not None
-            told = _labelled(progress, member.model)
+            told = waiter.labelled(member.model)
             try:
                 job = await self._continue(
                     member.conversation_id, RespondRequest(conversation_id=member.conversation_id)
@@ -283,11 +295,11 @@ class Bridge:
         return [answers[n] for n in range(len(members))]
 
     async def _synthesis(
-        self, group_conv: Conversation, answers: list[ModelAnswer], progress: Progress | None, deadline: float
+        self, group_conv: Conversation, answers: list[ModelAnswer], waiter: Waiter, deadline: float
     ) -> RespondResult:
         """The synthesis of the latest round: started once every member has settled, or waited for."""
         group_id = group_conv.id
-        told = _labelled(progress, "synthesis")
+        told = waiter.labelled("synthesis")
         running = self.jobs.running.get(group_id)
         if running is not None:
             return await self._wait(running, told, deadline)
@@ -340,20 +352,24 @@ class Bridge:
             progress=job.notify,
             prices=self.prices,
             telemetry=self.telemetry,
+            approve=job.approve,
         )
 
-    async def _wait(self, job: Job, progress: Progress | None, deadline: float) -> RespondResult:
-        job.listener = progress
+    async def _wait(self, job: Job, waiter: Waiter, deadline: float) -> RespondResult:
+        job.listener, job.approver = waiter.progress, waiter.approver
         try:
-            if progress is not None and job.last is not None and not job.done.is_set():
+            if waiter.progress is not None and job.last is not None and not job.done.is_set():
                 await job.notify(job.last)  # where it stands now, for a caller who comes in mid-run
             with anyio.move_on_after(deadline):
                 await job.done.wait()
+            while job.asking and not job.done.is_set():  # a person is reading a form: do not leave them
+                with anyio.move_on_after(0.1):
+                    await job.done.wait()
         except anyio.get_cancelled_exc_class():
             job.scope.cancel()  # the client cancelled: stop the upstream request and the tools
             raise
         finally:
-            job.listener = None
+            job.listener = job.approver = None
         conv = job.conversation
         if self.store.notice is not None and not self._told_notice:  # e.g. a corrupt file moved aside
             conv.notes.append(self.store.notice)
@@ -366,15 +382,23 @@ class Bridge:
         self.jobs.cancel_all()
 
 
-def _labelled(progress: Progress | None, label: str) -> Progress | None:
-    """Progress told under a member's name, so a host shows which model is where."""
-    if progress is None:
-        return None
+@dataclass(frozen=True)
+class Waiter:
+    """The caller waiting for a conversation: who hears its progress, and who can approve its ``ask`` calls."""
 
-    async def told(message: str) -> None:
-        await progress(f"{label}: {message}")
+    progress: Progress | None = None
+    approver: Approver | None = None
 
-    return told
+    def labelled(self, label: str) -> Waiter:
+        """Progress told under a member's name, so a host shows which model is where."""
+        progress = self.progress
+        if progress is None:
+            return self
+
+        async def told(message: str) -> None:
+            await progress(f"{label}: {message}")
+
+        return replace(self, progress=told)
 
 
 def _missing(conversation_id: str, error: str) -> RespondResult:

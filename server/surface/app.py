@@ -113,7 +113,8 @@ def _hub(settings: Settings) -> tuple[Hub | None, Policy]:
     if settings.servers_file is None:
         return None, Policy()
     config, _ = load_hub_config(settings.servers_file)
-    return (Hub(config) if config.servers else None), config.local_tools
+    writes = "ask" if settings.ask_writes else "return"
+    return (Hub(config, writes=writes) if config.servers else None), config.local_tools
 
 
 def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsyncContextManager[AppState]]:

@@ -25,6 +25,7 @@ from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
 from server.bridge.service import Bridge
 from server.config import Settings
+from server.surface.approval import HostApprover
 from server.surface.budget import Host, client_name, fit, fit_group
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolRe
         # In the host's trace: the SDK's tools/call span, or the traceparent in the request's _meta.
         meta = ctx.request_context.meta
         with state.bridge.telemetry.respond_span(meta, request.conversation_id, request.model) as span:
-            result = await state.bridge.respond(request, progress, deadline=deadline)
+            approver = HostApprover(ctx, host, settings.approval_timeout)
+            result = await state.bridge.respond(request, progress, deadline=deadline, approver=approver)
             span.record(result)
         if request.offset:
             result = _from_offset(result, request.offset)
@@ -211,6 +213,7 @@ def transcript(conv: Conversation) -> str:
         "api": conv.api,
         "items": [i.model_dump(mode="json") for i in conv.items],
         "tool_calls": [t.model_dump() for t in conv.tool_calls],
+        "approvals": [a.model_dump() for a in conv.approvals],
         "usage": conv.usage.model_dump(),
         "created_at": conv.created_at,
         "updated_at": conv.updated_at,

@@ -21,8 +21,9 @@ from server.toolsets.policy import Policy
 S = TypeVar("S")
 V = TypeVar("V")
 
-#: ``run``: the bridge runs the call; ``return``: the call is handed back to the caller.
-RunMode = Literal["run", "return"]
+#: ``run``: the bridge runs the call; ``return``: the call is handed back to the caller; ``ask``: the bridge
+#: runs it once the person approves it in the host (see ``server.bridge.approval``).
+RunMode = Literal["run", "return", "ask"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,16 @@ class PolicyToolset:
     """The tools of ``inner`` that ``policy`` lets the model see, each with its mode.
 
     ``default`` is the mode of a tool the policy does not name; None means by annotation
-    (read-only tools run, the others return to the caller).
+    (read-only tools run, the others take ``writes``: ``return`` to the caller, or ``ask`` the person).
     """
 
-    def __init__(self, inner: Toolset, policy: Policy, default: RunMode | None = None) -> None:
+    def __init__(
+        self, inner: Toolset, policy: Policy, default: RunMode | None = None, writes: RunMode = "return"
+    ) -> None:
         self.inner = inner
         self.policy = policy
         self.default: RunMode | None = default
+        self.writes: RunMode = writes
         self._memo = Memo[Sequence[OfferedTool], list[OfferedTool]]()
 
     def tools(self) -> list[OfferedTool]:
@@ -134,7 +138,7 @@ class PolicyToolset:
     def _apply(self, tools: Sequence[OfferedTool]) -> list[OfferedTool]:
         offered: list[OfferedTool] = []
         for tool in tools:
-            mode = self.policy.mode_for(tool.name, read_only=tool.read_only, default=self.default)
+            mode = self.policy.mode_for(tool.name, read_only=tool.read_only, default=self.default, writes=self.writes)
             if mode != "hidden":
                 offered.append(replace(tool, mode=mode))
         return offered

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from server.config import default_servers_file
 from server.toolsets import child
-from server.toolsets.base import Memo, OfferedTool, PolicyToolset, PrefixedToolset, Toolset, error_result
+from server.toolsets.base import Memo, OfferedTool, PolicyToolset, PrefixedToolset, RunMode, Toolset, error_result
 from server.toolsets.policy import SEPARATOR, Mode, Policy
 
 logger = logging.getLogger(__name__)
@@ -385,14 +385,14 @@ class Hub:
     prefix; a call goes back to the server that listed the tool.
     """
 
-    def __init__(self, config: HubConfig, *, ping_interval: float = 15.0) -> None:
+    def __init__(self, config: HubConfig, *, ping_interval: float = 15.0, writes: RunMode = "return") -> None:
         self.config = config
         #: This process's nesting depth in key4u-mcp bridges (``KEY4U_MCP_DEPTH``).
         self.depth = current_depth()
         self.servers = {name: Downstream(name, cfg, depth=self.depth) for name, cfg in config.servers.items()}
         self.ping_interval = ping_interval
         self.toolsets: list[Toolset] = [
-            PrefixedToolset(PolicyToolset(server, server.config.policy), qualified(server.name, ""))
+            PrefixedToolset(PolicyToolset(server, server.config.policy, writes=writes), qualified(server.name, ""))
             for server in self.servers.values()
         ]
         if self.depth >= MAX_DEPTH:
