@@ -96,6 +96,77 @@ def joined(head: str, items: list[str], traces: list[str]) -> str:
     return f'{head[:-1]},"items":[{",".join(items)}],"tool_calls":[{",".join(traces)}]}}'
 
 
+@dataclass(frozen=True)
+class Head:
+    """A stored head row: the head's JSON, and what it says the parts hold (None: a whole document
+    written by a version before parts, in ``data``)."""
+
+    data: str
+    generation: int | None
+    items: int | None
+    traces: int | None
+
+    @property
+    def saved(self) -> Saved | None:
+        if self.generation is None or self.items is None or self.traces is None:
+            return None
+        return Saved(self.generation, self.items, self.traces)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the cache already holds of a conversation being read: parsed parts, and where to read on from."""
+
+    cached: tuple[list[Item], list[ToolCallTrace]] | None
+    items_from: int
+    traces_from: int
+
+
+def known_parts(cache: PartsCache, conversation_id: str, saved: Saved) -> Known:
+    """The parts of ``conversation_id`` to read (from ``items_from``/``traces_from`` on) given the cache."""
+    cached = cache.get(conversation_id, saved.generation)
+    if cached is not None and (len(cached[0]) > saved.items or len(cached[1]) > saved.traces):
+        cached = None
+    if cached is None:
+        return Known(None, 0, 0)
+    return Known(cached, len(cached[0]), len(cached[1]))
+
+
+def assemble(
+    cache: PartsCache, conversation_id: str, head: str, saved: Saved, known: Known, items: list[str], traces: list[str]
+) -> Conversation | None:
+    """The conversation from its head, the cached parts and those read after them; None when parts are
+    missing. Raises ``ValidationError`` when it no longer reads as a conversation."""
+    if known.items_from + len(items) != saved.items or known.traces_from + len(traces) != saved.traces:
+        return None
+    if known.cached is None:
+        conv = Conversation.model_validate_json(joined(head, items, traces))
+    else:
+        conv = Conversation.model_validate_json(head)
+        conv.items = [*known.cached[0], *(ITEMS.validate_json(f"[{','.join(items)}]") if items else ())]
+        conv.tool_calls = [*known.cached[1], *(TRACES.validate_json(f"[{','.join(traces)}]") if traces else ())]
+    mark_saved(conv, saved)
+    size = cache.size(conversation_id) if known.cached is not None else 0
+    cache.put(conv, saved.generation, size + sum(map(len, items)) + sum(map(len, traces)))
+    return conv
+
+
+def is_stale(plan: Save, stored: Saved | None) -> bool:
+    """Whether an appending ``plan`` no longer fits the row (someone else wrote it since it was read)."""
+    return (
+        stored is None
+        or stored.generation != plan.after.generation
+        or (stored.items, stored.traces) != (plan.items_from, plan.traces_from)
+    )
+
+
+def cache_saved(cache: PartsCache, conv: Conversation, plan: Save) -> None:
+    """After a save: the conversation marked as saved, and its parts cached."""
+    mark_saved(conv, plan.after)
+    size = 0 if plan.rewrite else cache.size(conv.id)
+    cache.put(conv, plan.after.generation, size + sum(map(len, plan.items)) + sum(map(len, plan.traces)))
+
+
 class PartsCache:
     """The parts of recently used conversations, already parsed, so that continuing one reads and
     parses only what was added since. Bounded by the bytes of JSON the cached parts came from.

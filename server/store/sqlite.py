@@ -34,11 +34,22 @@ import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 
-from server.bridge.conversation import Conversation, Status, ToolCallTrace
+from server.bridge.conversation import Conversation, Status
 from server.errors import StoreError
 from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, title_of
-from server.store.parts import ITEMS, TRACES, PartsCache, Save, Saved, joined, mark_saved, plan_save, saved_state
-from server.upstream.model import Item
+from server.store.parts import (
+    Head,
+    PartsCache,
+    Save,
+    Saved,
+    assemble,
+    cache_saved,
+    is_stale,
+    known_parts,
+    mark_saved,
+    plan_save,
+    saved_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,32 +288,22 @@ class SQLiteStore:
 
     def _load(self, db: sqlite3.Connection, conversation_id: str, row: _HeadRow) -> Conversation | None:
         """The conversation of a head row: its head and parts, reading only the parts not cached."""
-        data, _, _, generation, n_items, n_traces = row
-        if generation is None or n_items is None or n_traces is None:  # a whole document, from an older version
-            whole = self._parse(conversation_id, lambda: Conversation.model_validate_json(data))
+        head = Head(row[0], row[3], row[4], row[5])
+        saved = head.saved
+        if saved is None:  # a whole document, from an older version
+            whole = self._parse(conversation_id, lambda: Conversation.model_validate_json(head.data))
             if whole is not None:
                 mark_saved(whole, None)  # the next save writes it as parts
             return whole
-        cached = self._cache.get(conversation_id, generation)
-        if cached is not None and (len(cached[0]) > n_items or len(cached[1]) > n_traces):
-            cached = None
-        known_items, known_traces = (len(cached[0]), len(cached[1])) if cached is not None else (0, 0)
-        items = self._parts(db, conversation_id, _ITEM, known_items)
-        traces = self._parts(db, conversation_id, _TRACE, known_traces)
-        if known_items + len(items) != n_items or known_traces + len(traces) != n_traces:
-            if conversation_id not in self._unreadable:
-                self._unreadable.add(conversation_id)
-                logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.path)
-            return None
-        if cached is None:
-            conv = self._parse(conversation_id, lambda: Conversation.model_validate_json(joined(data, items, traces)))
-        else:
-            conv = self._parse(conversation_id, lambda: _extended(data, cached, items, traces))
-        if conv is None:
-            return None
-        mark_saved(conv, Saved(generation, n_items, n_traces))
-        size = self._cache.size(conversation_id) if cached is not None else 0
-        self._cache.put(conv, generation, size + sum(map(len, items)) + sum(map(len, traces)))
+        known = known_parts(self._cache, conversation_id, saved)
+        items = self._parts(db, conversation_id, _ITEM, known.items_from)
+        traces = self._parts(db, conversation_id, _TRACE, known.traces_from)
+        conv = self._parse(
+            conversation_id, lambda: assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
+        )
+        if conv is None and conversation_id not in self._unreadable:
+            self._unreadable.add(conversation_id)
+            logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.path)
         return conv
 
     @staticmethod
@@ -343,8 +344,8 @@ class SQLiteStore:
                 row: tuple[int | None, int | None, int | None] | None = db.execute(
                     "SELECT generation, items, traces FROM conversations WHERE id = ?", (conv.id,)
                 ).fetchone()
-                stored = _saved_of(row)
-                if not plan.rewrite and plan_save_is_stale(plan, stored):
+                stored = Head("", *row).saved if row is not None else None
+                if not plan.rewrite and is_stale(plan, stored):
                     db.execute("ROLLBACK")
                     return stored if stored is not None else Saved(0, 0, 0)
                 after = plan.after
@@ -425,9 +426,7 @@ class SQLiteStore:
         if stale is not None:  # the row is not as this object last saw it: write it whole
             plan = plan_save(conv, None if stale.generation == 0 else stale)
             await self._run(lambda db: write(db, plan))
-        mark_saved(conv, plan.after)
-        size = 0 if plan.rewrite else self._cache.size(conv.id)
-        self._cache.put(conv, plan.after.generation, size + sum(map(len, plan.items)) + sum(map(len, plan.traces)))
+        cache_saved(self._cache, conv, plan)
 
     async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
         def take(db: sqlite3.Connection) -> Conversation | None:
@@ -524,36 +523,6 @@ class SQLiteStore:
 
 
 _HeadRow = tuple[str, str | None, float | None, int | None, int | None, int | None]
-
-
-def _saved_of(row: tuple[int | None, int | None, int | None] | None) -> Saved | None:
-    """What a row holds as parts; None for no row, or a whole-document row of an older version."""
-    if row is None or row[0] is None or row[1] is None or row[2] is None:
-        return None
-    return Saved(row[0], row[1], row[2])
-
-
-def plan_save_is_stale(plan: Save, stored: Saved | None) -> bool:
-    """Whether an appending ``plan`` no longer fits the row (someone else wrote it since it was read)."""
-    return (
-        stored is None
-        or stored.generation != plan.after.generation
-        or (stored.items, stored.traces)
-        != (
-            plan.items_from,
-            plan.traces_from,
-        )
-    )
-
-
-def _extended(
-    head: str, cached: tuple[list[Item], list[ToolCallTrace]], items: list[str], traces: list[str]
-) -> Conversation:
-    """The conversation from its head, the parts already parsed and those read after them."""
-    conv = Conversation.model_validate_json(head)
-    conv.items = [*cached[0], *(ITEMS.validate_json(f"[{','.join(items)}]") if items else ())]
-    conv.tool_calls = [*cached[1], *(TRACES.validate_json(f"[{','.join(traces)}]") if traces else ())]
-    return conv
 
 
 def _status(column: str | None, conv: Conversation) -> Status:
