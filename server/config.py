@@ -15,6 +15,8 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.logs import url_password
+
 DEFAULT_BASE_URL = "https://api.key4u.shop/v1"
 DEFAULT_MODEL = "gpt-4.1"
 
@@ -217,6 +219,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
         description="SQLite file for conversations (default: the user state directory).",
     )
+    db_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_DB_URL", "db_url"),
+        description="PostgreSQL for conversations, shared by replicas (postgresql://user:password@host/db); "
+        "needs the [postgres] extra. Unset: the SQLite file.",
+    )
     max_conversations: int = Field(
         default=1000, ge=1, validation_alias=AliasChoices("KEY4U_MAX_CONVERSATIONS", "max_conversations")
     )
@@ -283,7 +291,10 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never be printed or logged."""
-        return [s.get_secret_value() for s in (self.api_key, self.mcp_token) if s is not None]
+        found = [s.get_secret_value() for s in (self.api_key, self.mcp_token) if s is not None]
+        if self.db_url is not None and (password := url_password(self.db_url.get_secret_value())):
+            found.append(password)
+        return found
 
 
 def default_servers_file() -> Path:

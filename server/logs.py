@@ -6,8 +6,10 @@ stdout of the stdio server is the protocol wire, so no handler ever points there
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -36,6 +38,24 @@ class RedactingFilter(logging.Filter):
                 record.exc_text = mask(formatted, self._secrets)
                 record.exc_info = None
         return True
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (URL or ``key=value`` form)."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+
+
+def url_password(url: str) -> str | None:
+    """The password in ``url``, to mask wherever the URL or an error might show it."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.password:
+        return parts.password
+    match = re.search(r"password\s*=\s*('([^']*)'|\S+)", url)
+    return (match.group(2) or match.group(1)) if match else None
 
 
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:

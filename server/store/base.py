@@ -58,6 +58,13 @@ def title_of(conv: Conversation) -> str:
     return title if len(title) <= 80 else title[:79] + "…"
 
 
+def row_status(column: str | None, conv: Conversation) -> Status:
+    """A row's status column, or (rows saved before it existed) the status inside the data."""
+    if column in ("completed", "requires_action", "in_progress", "incomplete", "failed"):
+        return column  # type: ignore[return-value]
+    return conv.status
+
+
 #: How long the usage ledger keeps a turn: totals by day cover a year, whatever conversations are pruned.
 USAGE_KEPT_DAYS = 400
 

@@ -21,6 +21,8 @@ from pydantic import TypeAdapter
 from server.bridge.conversation import Conversation, ToolCallTrace
 from server.upstream.model import Item
 
+#: A part's kind, as stored: an item of the history, a tool-call trace.
+ITEM_PART, TRACE_PART = 0, 1
 #: The fields kept as parts, not in the head.
 PART_FIELDS = frozenset({"items", "tool_calls"})
 ITEMS = TypeAdapter(list[Item])

@@ -34,10 +34,12 @@ import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 
-from server.bridge.conversation import Conversation, Status
+from server.bridge.conversation import Conversation
 from server.errors import StoreError
-from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, title_of
+from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, row_status, title_of
 from server.store.parts import (
+    ITEM_PART,
+    TRACE_PART,
     Head,
     PartsCache,
     Save,
@@ -96,8 +98,6 @@ _ADDED_COLUMNS = {
     "items": "INTEGER",
     "traces": "INTEGER",
 }
-#: ``conversation_parts.kind``: an item of the history, a tool-call trace.
-_ITEM, _TRACE = 0, 1
 _HEAD = "SELECT data, owner, lease_until, generation, items, traces FROM conversations WHERE id = ?"
 _PRUNE_EVERY = 50
 #: The files SQLite keeps beside the database; they move aside with it.
@@ -296,8 +296,8 @@ class SQLiteStore:
                 mark_saved(whole, None)  # the next save writes it as parts
             return whole
         known = known_parts(self._cache, conversation_id, saved)
-        items = self._parts(db, conversation_id, _ITEM, known.items_from)
-        traces = self._parts(db, conversation_id, _TRACE, known.traces_from)
+        items = self._parts(db, conversation_id, ITEM_PART, known.items_from)
+        traces = self._parts(db, conversation_id, TRACE_PART, known.traces_from)
         conv = self._parse(
             conversation_id, lambda: assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
         )
@@ -382,8 +382,8 @@ class SQLiteStore:
                 db.executemany(
                     "INSERT INTO conversation_parts (conversation_id, kind, seq, data) VALUES (?, ?, ?, ?)",
                     [
-                        *((conv.id, _ITEM, plan.items_from + n, d) for n, d in enumerate(plan.items)),
-                        *((conv.id, _TRACE, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
+                        *((conv.id, ITEM_PART, plan.items_from + n, d) for n, d in enumerate(plan.items)),
+                        *((conv.id, TRACE_PART, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
                     ],
                 )
                 # The ledger (no foreign key: it outlives pruned conversations); each turn once.
@@ -483,7 +483,7 @@ class SQLiteStore:
                 # Only the head is read: a row of parts (generation set) keeps its title in a column.
                 conv = self._parse(i, partial(Conversation.model_validate_json, data))
                 if conv is not None:
-                    infos.append(ConversationInfo.of(conv, _status(status, conv), title if generation else None))
+                    infos.append(ConversationInfo.of(conv, row_status(status, conv), title if generation else None))
             return infos
 
         return await self._run(read)
@@ -523,13 +523,6 @@ class SQLiteStore:
 
 
 _HeadRow = tuple[str, str | None, float | None, int | None, int | None, int | None]
-
-
-def _status(column: str | None, conv: Conversation) -> Status:
-    """The status column, or (rows saved before it existed) the status inside the data."""
-    if column in ("completed", "requires_action", "in_progress", "incomplete", "failed"):
-        return column  # type: ignore[return-value]
-    return conv.status
 
 
 def _code(exc: sqlite3.Error | OSError) -> int | None:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server import MCPServer
@@ -18,6 +18,7 @@ from mcp.server import MCPServer
 from server import __version__
 from server.bridge.service import Bridge
 from server.config import Settings
+from server.store.base import ConversationStore
 from server.store.sqlite import SQLiteStore
 from server.surface.conversations import RecentConversations
 from server.surface.lean import LeanMiddleware
@@ -117,13 +118,21 @@ def _hub(settings: Settings) -> tuple[Hub | None, Policy]:
     return (Hub(config, writes=writes) if config.servers else None), config.local_tools
 
 
+def open_store(settings: Settings) -> ConversationStore:
+    """PostgreSQL when ``KEY4U_DB_URL`` is set (replicas on several machines), else the SQLite file."""
+    limits: dict[str, Any] = {"max_conversations": settings.max_conversations, "max_age_days": settings.max_age_days}
+    if settings.db_url is not None:
+        from server.store.postgres import PostgresStore  # psycopg only where it is used
+
+        return PostgresStore(settings.db_url.get_secret_value(), **limits)
+    return SQLiteStore(settings.database, **limits)
+
+
 def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncGenerator[AppState, None]:
         upstream = SharedUpstream(settings) if settings.api_key is not None else None
-        store = SQLiteStore(
-            settings.database, max_conversations=settings.max_conversations, max_age_days=settings.max_age_days
-        )
+        store = open_store(settings)
         # Offered to the remote model: the local tools, not this server's gateway tools.
         listed = [t for t in await server.list_tools() if t.name not in (TOOL_NAME, MODELS_TOOL, USAGE_TOOL)]
         hub, local_policy = _hub(settings)

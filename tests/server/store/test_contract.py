@@ -12,14 +12,19 @@ import pytest
 from server.bridge.conversation import Conversation, Options
 from server.store.base import ConversationStore
 from server.store.memory import MemoryStore
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    made: ConversationStore = SQLiteStore(tmp_path / "c.sqlite3") if request.param == "sqlite" else MemoryStore()
+    made: ConversationStore
+    if request.param == "postgres":
+        made = PostgresStore(request.getfixturevalue("pg_url"))
+    else:
+        made = SQLiteStore(tmp_path / "c.sqlite3") if request.param == "sqlite" else MemoryStore()
     yield made
     await made.aclose()
 
