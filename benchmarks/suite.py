@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from benchmarks import per_turn, workers
+from benchmarks import per_turn, store, workers
 from benchmarks.common import (
     KEY,
     REPO,
@@ -463,6 +463,8 @@ ALL = {
     "peer": peer,
     "scale": scale,
     "workers": workers.workers,
+    "workers_postgres": workers.workers_postgres,
+    "store": store.store,
     "memory": memory,
 }
 

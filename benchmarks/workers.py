@@ -132,8 +132,19 @@ async def _burst(
     }
 
 
-async def workers(tmp: Path, clients: int = 200, per_client: int = 1, repeats: int = 3) -> list[Row]:
-    """Examples/s of the Key4U example at ``clients`` concurrent clients, 1 worker against 2 workers."""
+async def workers_postgres(tmp: Path) -> list[Row]:
+    """The same, with both server sets on one PostgreSQL (``KEY4U_DB_URL``): replicas as on several hosts."""
+    from benchmarks.store import postgres_server
+
+    with postgres_server() as server:
+        return await workers(tmp, databases={n: server.create_database(f"workers_{n}") for n in (1, 2)})
+
+
+async def workers(
+    tmp: Path, clients: int = 200, per_client: int = 1, repeats: int = 3, databases: dict[int, str] | None = None
+) -> list[Row]:
+    """Examples/s of the Key4U example at ``clients`` concurrent clients, 1 worker against 2 workers
+    (sharing a SQLite file, or the PostgreSQL ``databases`` per server set)."""
     native = _has_workers_option()
     cores = psutil.cpu_count() or 1
     loaders = max(2, cores)
@@ -144,7 +155,10 @@ async def workers(tmp: Path, clients: int = 200, per_client: int = 1, repeats: i
         with ExitStack() as stack:
             servers: dict[int, list[psutil.Process]] = {}
             for n in (1, 2):
-                env = bridge_env(standin.base_url, tmp, KEY4U_DB_PATH=str(tmp / f"workers-{n}.sqlite3"))
+                if databases is None:
+                    env = bridge_env(standin.base_url, tmp, KEY4U_DB_PATH=str(tmp / f"workers-{n}.sqlite3"))
+                else:
+                    env = bridge_env(standin.base_url, tmp, KEY4U_DB_URL=databases[n])
                 servers[n] = _start(n, env, stack, native)
             for n in (1, 2):
                 await _wait_ready(servers[n], PORTS[n], native)
@@ -175,7 +189,7 @@ async def workers(tmp: Path, clients: int = 200, per_client: int = 1, repeats: i
         rows.append(
             Row(
                 f"HTTP workers: {n} server process{'es' if n > 1 else ''} behind one port, {clients} clients, "
-                "stateless JSON",
+                f"stateless JSON, {'SQLite' if databases is None else 'PostgreSQL'}",
                 figure,
                 f"near-linear growth to {cores} cores (≥ {0.9 * min(2, cores):.1f}× one worker); 0 errors"
                 if n == 2

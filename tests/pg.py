@@ -44,6 +44,8 @@ class PostgresServer:
     bin: Path
     port: int
     user: str | None  # the OS user the server runs as (None: this one)
+    #: PostgreSQL's own durability (fsync, synchronous commits); off for the tests, which need speed only.
+    durable: bool = False
 
     def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
         return f"postgresql://{USER}:{password}@127.0.0.1:{self.port}/{database}"
@@ -71,8 +73,8 @@ class PostgresServer:
             "-t",
             "60",
             "-o",
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+            + ("" if self.durable else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"),
             "start",
         )
         if done.returncode != 0:
@@ -90,7 +92,7 @@ class PostgresServer:
         return self.url(name)
 
 
-def start_server(root: Path) -> PostgresServer:
+def start_server(root: Path, *, durable: bool = False) -> PostgresServer:
     """initdb and start a server in ``root`` (which it may chown to the ``postgres`` user)."""
     bin_dir = binaries()
     if bin_dir is None:
@@ -103,7 +105,7 @@ def start_server(root: Path) -> PostgresServer:
     pwfile.write_text(PASSWORD)
     if user is not None:
         shutil.chown(pwfile, user)
-    server = PostgresServer(root, bin_dir, _free_port(), user)
+    server = PostgresServer(root, bin_dir, _free_port(), user, durable)
     done = server._run(
         "initdb",
         "-D",

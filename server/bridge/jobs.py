@@ -130,10 +130,19 @@ class Jobs:
             job.done.set()
 
     async def _save_and_release(self, conv: Conversation) -> None:
+        """The run's last save and the release of its claim, in one write; nothing when another process
+        has taken the conversation over meanwhile (its work is not overwritten)."""
         try:
-            await self.store.put(conv)
-        finally:
+            kept = await self.store.put(conv, owner=self.owner, release=True)
+        except BaseException:
             await self.store.release(conv.id, self.owner)
+            raise
+        if not kept:
+            logger.warning("conversation %s: another process holds it now; this run's end was not saved", conv.id)
+            conv.notes.append(
+                "another server process took this conversation over while this run went on: what this run did "
+                "after that was not saved; call key4u_respond with its conversation_id to see where it stands"
+            )
 
     async def _keep_claim(self, job: Job) -> None:
         while True:

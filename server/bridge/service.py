@@ -137,17 +137,21 @@ class Bridge:
                     "conversation_id to wait for the result, then continue it"
                 )
             return running
-        stored = await self.store.get(conversation_id)
-        if stored is None:
-            raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
-        if stored.held_by_other(self.jobs.owner, time.time()):
-            return self.jobs.finished(running_elsewhere(stored.conversation, request))
-        if not request.wants_more and not settled(stored.conversation).interrupted:
-            return self.jobs.finished(stored.conversation)  # nothing new: report where it stands
-        claimed = await self.store.claim(conversation_id, self.jobs.owner, self.jobs.lease)
-        if claimed is None:  # another process won the race for it
-            fresh = await self.store.get(conversation_id)
-            return self.jobs.finished(running_elsewhere((fresh or stored).conversation, request))
+        claimed: Conversation | None = None
+        if request.wants_more:  # the common case: claim at once (one read, not two)
+            claimed = await self.store.claim(conversation_id, self.jobs.owner, self.jobs.lease)
+        if claimed is None:
+            stored = await self.store.get(conversation_id)
+            if stored is None:
+                raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
+            if stored.held_by_other(self.jobs.owner, time.time()) or request.wants_more:
+                return self.jobs.finished(running_elsewhere(stored.conversation, request))
+            if not settled(stored.conversation).interrupted:
+                return self.jobs.finished(stored.conversation)  # nothing new: report where it stands
+            claimed = await self.store.claim(conversation_id, self.jobs.owner, self.jobs.lease)
+            if claimed is None:  # another process won the race for it
+                fresh = await self.store.get(conversation_id)
+                return self.jobs.finished(running_elsewhere((fresh or stored).conversation, request))
         try:
             conv = settled(claimed)
             if request.wants_more or conv.interrupted:
@@ -158,8 +162,13 @@ class Bridge:
             await self.store.release(conversation_id, self.jobs.owner)
             raise
         self._begin(conv)
-        await self.store.put(conv)
+        await self._save_claimed(conv)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
+
+    async def _save_claimed(self, conv: Conversation) -> None:
+        """Save a conversation this process has just claimed, as long as the claim is still its own."""
+        if not await self.store.put(conv, owner=self.jobs.owner):
+            raise ToolError(f"conversation {conv.id} was taken over by another server process; call again")
 
     # -- groups: several models at once ------------------------------------------------------------------
 
@@ -266,11 +275,14 @@ class Bridge:
         claimed = await self.store.claim(conv.id, self.jobs.owner, self.jobs.lease)
         if claimed is None:
             raise ToolError(f"group {conv.id} is busy in another server process; try again in a moment")
+        claimed.group = conv.group
         try:
-            claimed.group = conv.group
-            await self.store.put(claimed)
-        finally:
+            kept = await self.store.put(claimed, owner=self.jobs.owner, release=True)
+        except BaseException:
             await self.store.release(conv.id, self.jobs.owner)
+            raise
+        if not kept:
+            raise ToolError(f"group {conv.id} was taken over by another server process; try again in a moment")
 
     async def _wait_members(self, group: Group, waiter: Waiter, deadline: float) -> list[ModelAnswer]:
         """Every member's result, waited for at once, each one's progress told under its model's name."""
@@ -328,7 +340,7 @@ class Bridge:
             raise
         group_conv.group = group  # the caller reports what this synthesis was shown
         self._begin(conv)
-        await self.store.put(conv)
+        await self._save_claimed(conv)
         job = self.jobs.start(conv, lambda job: self._loop(offer, job))
         return await self._wait(job, told, deadline)
 

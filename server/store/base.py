@@ -139,8 +139,11 @@ class ConversationStore(Protocol):
 
     async def get(self, conversation_id: str) -> Stored | None: ...
 
-    async def put(self, conversation: Conversation) -> None:
-        """Save ``conversation`` (insert or replace its data); its claim is left as it is."""
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
+        """Save ``conversation`` (insert or replace its data); its claim is left as it is, or freed in the same
+        write with ``release``. With ``owner``, only while ``owner`` holds the claim: a run whose claim
+        another process took over (or released) must not overwrite that process's work; then nothing is
+        written and the answer is False."""
         ...
 
     async def create(self, conversation: Conversation, owner: str, lease: float) -> None:

@@ -48,7 +48,10 @@ class MemoryStore:
             return None
         return Stored(self._conversation(row), row.owner, row.lease_until)
 
-    async def put(self, conversation: Conversation) -> None:
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
+        existing = self._rows.get(conversation.id)
+        if owner is not None and existing is not None and existing.owner != owner:
+            return False
         conversation.updated_at = time.time()
         row = self._rows.pop(conversation.id, None)
         plan = plan_save(conversation, row.saved if row is not None else None)
@@ -66,8 +69,11 @@ class MemoryStore:
         kept_from = time.time() - USAGE_KEPT_DAYS * 86400
         while self._ledger and next(iter(self._ledger.values())).at < kept_from:
             del self._ledger[next(iter(self._ledger))]
+        if release:
+            row.owner, row.lease_until = None, None
         while len(self._rows) > self.max_conversations:
             del self._rows[next(iter(self._rows))]
+        return True
 
     async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
         await self.put(conversation)

@@ -115,6 +115,10 @@ class Head:
         return Saved(self.generation, self.items, self.traces)
 
 
+#: What a save answers when the row is claimed by another owner than the one saving: nothing was written.
+NOT_OURS = Saved(-1, -1, -1)
+
+
 @dataclass(frozen=True)
 class Known:
     """What the cache already holds of a conversation being read: parsed parts, and where to read on from."""

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
@@ -33,6 +32,7 @@ from server.logs import mask, masked_url, url_password
 from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, row_status, title_of
 from server.store.parts import (
     ITEM_PART,
+    NOT_OURS,
     TRACE_PART,
     Head,
     PartsCache,
@@ -40,7 +40,6 @@ from server.store.parts import (
     Saved,
     assemble,
     cache_saved,
-    is_stale,
     known_parts,
     plan_save,
     saved_state,
@@ -99,6 +98,17 @@ CREATE INDEX IF NOT EXISTS key4u_usage_at ON key4u_usage (at);
 #: Taken for the length of the migration transaction: replicas starting at once migrate one at a time.
 _MIGRATION_LOCK = 0x6B657934_75  # "key4u"
 _NOW = "extract(epoch from clock_timestamp())"
+#: A save's parts and turns, from arrays (one round trip however many), for the conversation in the CTE
+#: ``head`` (none when ``head`` is empty: an append that found the row changed writes nothing).
+_ADD_PARTS_AND_USAGE = (
+    ", parts AS (INSERT INTO key4u_parts (conversation_id, kind, seq, data) SELECT head.id, p.kind, p.seq, p.data "
+    "FROM head, unnest(%(kinds)s::smallint[], %(seqs)s::integer[], %(datas)s::text[]) AS p (kind, seq, data)), "
+    "usage AS (INSERT INTO key4u_usage (conversation_id, turn, at, model, api, input_tokens, output_tokens, "
+    "cached_tokens, reasoning_tokens, cost_usd) SELECT head.id, u.* FROM head, unnest(%(turns)s::integer[], "
+    "%(ats)s::double precision[], %(models)s::text[], %(apis)s::text[], %(ins)s::bigint[], %(outs)s::bigint[], "
+    "%(cached)s::bigint[], %(reasoning)s::bigint[], %(costs)s::double precision[]) "
+    "AS u (turn, at, model, api, i, o, c, r, cost) ON CONFLICT DO NOTHING) "
+)
 _HEAD = "SELECT data, owner, lease_until, generation, items, traces FROM key4u_conversations WHERE id = %s"
 _PRUNE_EVERY = 50
 _CONNECT_TIMEOUT = 10.0
@@ -173,7 +183,6 @@ class PostgresStore:
             open=False,
             timeout=self.timeout,
             kwargs=options,
-            check=AsyncConnectionPool.check_connection,  # a server restarted since: a fresh connection
             name="key4u-store",
         )
         try:
@@ -202,23 +211,43 @@ class PostgresStore:
                 await conn.execute("INSERT INTO key4u_schema (version) VALUES (%s)", (number,))
                 logger.info("PostgreSQL conversation store %s: schema version %d", self.shown, number)
 
-    @asynccontextmanager
-    async def _transaction(self, doing: str) -> AsyncGenerator[AsyncConnection[tuple[Any, ...]]]:
-        """A connection in a transaction; any failure of the database becomes a ``StoreError``."""
-        pool = await self._open()
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                yield conn
-        except StoreError:
-            raise
-        except Exception as exc:
-            if not _is_database_error(exc):
-                raise
-            raise self._fault(exc, doing) from None
+    async def _run(
+        self,
+        doing: str,
+        work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]],
+        *,
+        transaction: bool = True,
+    ) -> T:
+        """``work`` on a pooled connection, in a transaction (``transaction``; else each statement commits on
+        its own); any failure of the database becomes a ``StoreError``. A connection the server
+        closed since it was pooled (a restart, an idle timeout) is replaced once, and the work redone: it
+        never committed."""
+        import psycopg
 
-    async def _run(self, doing: str, work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]]) -> T:
-        async with self._transaction(doing) as conn:
-            return await work(conn)
+        pool = await self._open()
+        for attempt in (1, 2):
+            broken = False
+            try:
+                async with pool.connection() as conn:
+                    try:
+                        if not transaction:
+                            return await work(conn)
+                        async with conn.transaction():
+                            return await work(conn)
+                    except psycopg.OperationalError:
+                        broken = conn.broken or conn.closed
+                        raise
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and broken:
+                    continue
+                raise self._fault(exc, doing) from None
+            except StoreError:
+                raise
+            except Exception as exc:
+                if not _is_database_error(exc):
+                    raise
+                raise self._fault(exc, doing) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -262,7 +291,8 @@ class PostgresStore:
 
     async def get(self, conversation_id: str) -> Stored | None:
         async def read(conn: AsyncConnection[tuple[Any, ...]]) -> Stored | None:
-            row = await (await conn.execute(_HEAD, (conversation_id,))).fetchone()
+            # FOR SHARE: no save changes the row (nor rewrites its parts) until both are read.
+            row = await (await conn.execute(_HEAD + " FOR SHARE", (conversation_id,))).fetchone()
             if row is None:
                 return None
             conv = await self._load(conn, conversation_id, row)
@@ -272,96 +302,35 @@ class PostgresStore:
 
     # -- writing ----------------------------------------------------------------------------------------
 
-    async def put(self, conversation: Conversation) -> None:
-        await self._save(conversation, None)
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
+        return await self._save(conversation, None, owner, release)
 
     async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
         await self._save(conversation, (owner, lease))
 
-    async def _save(self, conv: Conversation, claim: tuple[str, float] | None) -> None:
+    async def _save(
+        self, conv: Conversation, claim: tuple[str, float] | None, owner: str | None = None, release: bool = False
+    ) -> bool:
+        """Write ``conv``; every commit waits for the disk (PostgreSQL's default). An append, and a new
+        conversation, is one statement committed on its own; replacing a row whole is a transaction."""
         conv.updated_at = time.time()
-        plan = plan_save(conv, saved_state(conv))
-        stale = await self._run("save a conversation", lambda conn: self._write(conn, conv, plan, claim))
-        if stale is not None:  # the row is not as this object last saw it: write it whole
-            plan = plan_save(conv, None if stale.generation == 0 else stale)
-            await self._run("save a conversation", lambda conn: self._write(conn, conv, plan, claim))
-        cache_saved(self._cache, conv, plan)
+        save = _Save(conv, plan_save(conv, saved_state(conv)), claim, owner, release)
+        outcome = await self._run("save a conversation", save.one_statement, transaction=False)
+        if isinstance(outcome, Saved) and outcome not in (NOT_OURS, _EXISTS):  # written since: write it whole
+            save = _Save(conv, plan_save(conv, None if outcome.generation == 0 else outcome), claim, owner, release)
+            outcome = await self._run("save a conversation", save.one_statement, transaction=False)
+        if outcome is _EXISTS:  # a whole write onto a row that is there: replace it, in a transaction
+            outcome = await self._run("save a conversation", save.replace)
+        if outcome is NOT_OURS:
+            return False
+        cache_saved(self._cache, conv, save.plan)
         self._saves += 1
         if self._saves % _PRUNE_EVERY == 1:
             try:
                 await self.prune()
             except StoreError as exc:  # saved all the same; the next prune catches up
                 logger.warning("could not prune %s: %s", self.shown, exc)
-
-    async def _write(
-        self, conn: AsyncConnection[tuple[Any, ...]], conv: Conversation, plan: Save, claim: tuple[str, float] | None
-    ) -> Saved | None:
-        row = await (
-            await conn.execute(
-                "SELECT generation, items, traces FROM key4u_conversations WHERE id = %s FOR UPDATE", (conv.id,)
-            )
-        ).fetchone()
-        stored = Saved(*row) if row is not None else None
-        if not plan.rewrite and is_stale(plan, stored):
-            return stored if stored is not None else Saved(0, 0, 0)
-        after = plan.after
-        values = (
-            conv.updated_at,
-            plan.head,
-            conv.status,
-            title_of(conv),
-            conv.model or conv.options.model,
-            after.generation,
-            after.items,
-            after.traces,
-        )
-        if row is None:
-            owner, lease = claim if claim is not None else (None, None)
-            await conn.execute(
-                "INSERT INTO key4u_conversations (updated_at, data, status, title, model, generation, items, traces, "
-                f"id, owner, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW} + %s)",
-                (*values, conv.id, owner, lease),
-            )
-        else:
-            await conn.execute(
-                "UPDATE key4u_conversations SET updated_at = %s, data = %s, status = %s, title = %s, model = %s, "
-                "generation = %s, items = %s, traces = %s WHERE id = %s",
-                (*values, conv.id),
-            )
-        if plan.rewrite:
-            await conn.execute("DELETE FROM key4u_parts WHERE conversation_id = %s", (conv.id,))
-        parts = [
-            *((conv.id, ITEM_PART, plan.items_from + n, d) for n, d in enumerate(plan.items)),
-            *((conv.id, TRACE_PART, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
-        ]
-        if parts:
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO key4u_parts (conversation_id, kind, seq, data) VALUES (%s, %s, %s, %s)", parts
-                )
-        if conv.run_turns:
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO key4u_usage (conversation_id, turn, at, model, api, input_tokens, output_tokens, "
-                    "cached_tokens, reasoning_tokens, cost_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    [
-                        (
-                            conv.id,
-                            u.turn,
-                            u.at,
-                            u.model,
-                            u.api,
-                            u.input_tokens,
-                            u.output_tokens,
-                            u.cached_tokens,
-                            u.reasoning_tokens,
-                            u.cost_usd,
-                        )  # fmt: skip
-                        for u in conv.run_turns
-                    ],
-                )
-        return None
+        return True
 
     # -- claims -----------------------------------------------------------------------------------------
 
@@ -377,15 +346,18 @@ class PostgresStore:
             ).fetchone()
             if row is None:
                 return None
+            # Read after the claim committed: nobody else writes a conversation this owner holds.
             conv = await self._load(conn, conversation_id, row)
             if conv is None:  # a row that no longer reads as a conversation is not claimed either
-                raise _Unclaimable
+                await conn.execute(
+                    "UPDATE key4u_conversations SET owner = NULL, lease_until = NULL WHERE id = %s AND owner = %s",
+                    (conversation_id, owner),
+                )
             return conv
 
-        try:
-            return await self._run("claim a conversation", take)
-        except _Unclaimable:
-            return None
+        # One statement, committed on its own (waiting for the disk): the claim is what keeps two
+        # replicas from running one conversation, so it must outlive a crash of the database.
+        return await self._run("claim a conversation", take, transaction=False)
 
     async def renew(self, conversation_id: str, owner: str, lease: float) -> bool:
         async def extend(conn: AsyncConnection[tuple[Any, ...]]) -> bool:
@@ -395,7 +367,7 @@ class PostgresStore:
             )
             return cursor.rowcount == 1
 
-        return await self._run("renew a claim", extend)
+        return await self._run("renew a claim", extend, transaction=False)
 
     async def release(self, conversation_id: str, owner: str) -> None:
         async def free(conn: AsyncConnection[tuple[Any, ...]]) -> None:
@@ -404,7 +376,7 @@ class PostgresStore:
                 (conversation_id, owner),
             )
 
-        await self._run("release a claim", free)
+        await self._run("release a claim", free, transaction=False)
 
     # -- listings, pruning, the ledger ------------------------------------------------------------------
 
@@ -420,7 +392,7 @@ class PostgresStore:
                     infos.append(ConversationInfo.of(conv, row_status(status, conv), title))
             return infos
 
-        return await self._run("list conversations", read)
+        return await self._run("list conversations", read, transaction=False)
 
     async def prune(self) -> None:
         async def prune(conn: AsyncConnection[tuple[Any, ...]]) -> None:
@@ -452,14 +424,14 @@ class PostgresStore:
                 for day, model, n, i, o, c, r, cost, unpriced in await cursor.fetchall()
             ]
 
-        return await self._run("read the usage ledger", read)
+        return await self._run("read the usage ledger", read, transaction=False)
 
     async def count(self) -> int:
         async def read(conn: AsyncConnection[tuple[Any, ...]]) -> int:
             row = await (await conn.execute("SELECT count(*) FROM key4u_conversations")).fetchone()
             return int(row[0]) if row is not None else 0
 
-        return await self._run("count conversations", read)
+        return await self._run("count conversations", read, transaction=False)
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -467,8 +439,104 @@ class PostgresStore:
             await pool.close()
 
 
-class _Unclaimable(Exception):
-    """A won claim on a row that does not read: rolled back."""
+#: A whole write found the row there: it is replaced in a transaction instead.
+_EXISTS = Saved(-2, -2, -2)
+
+
+class _Save:
+    """The statements of one save: its head (owner-checked when ``owner`` is given), parts and turns."""
+
+    def __init__(
+        self, conv: Conversation, plan: Save, claim: tuple[str, float] | None, owner: str | None, release: bool
+    ) -> None:
+        self.conv, self.plan, self.owner = conv, plan, owner
+        # Whose write it may be: anyone's without an owner, else only the claim holder's.
+        self.ours: LiteralString = (
+            "TRUE" if owner is None else "key4u_conversations.owner IS NOT DISTINCT FROM %(owner)s"
+        )
+        self.freed: LiteralString = ", owner = NULL, lease_until = NULL" if release else ""
+        after = plan.after
+        parts = [
+            *((ITEM_PART, plan.items_from + n, d) for n, d in enumerate(plan.items)),
+            *((TRACE_PART, plan.traces_from + n, d) for n, d in enumerate(plan.traces)),
+        ]
+        turns = conv.run_turns
+        holder, lease = claim if claim is not None else (None, None)
+        self.values: dict[str, Any] = {
+            "id": conv.id,
+            "updated_at": conv.updated_at,
+            "data": plan.head,
+            "status": conv.status,
+            "title": title_of(conv),
+            "model": conv.model or conv.options.model,
+            "generation": after.generation,
+            "items": after.items,
+            "traces": after.traces,
+            "owner": owner,
+            "holder": holder,
+            "lease": lease,
+            "items_from": plan.items_from,
+            "traces_from": plan.traces_from,
+            "kinds": [p[0] for p in parts],
+            "seqs": [p[1] for p in parts],
+            "datas": [p[2] for p in parts],
+            "turns": [u.turn for u in turns],
+            "ats": [u.at for u in turns],
+            "models": [u.model for u in turns],
+            "apis": [u.api for u in turns],
+            "ins": [u.input_tokens for u in turns],
+            "outs": [u.output_tokens for u in turns],
+            "cached": [u.cached_tokens for u in turns],
+            "reasoning": [u.reasoning_tokens for u in turns],
+            "costs": [u.cost_usd for u in turns],
+        }
+
+    async def one_statement(self, conn: AsyncConnection[tuple[Any, ...]]) -> Saved | None:
+        """An append onto the row as this object last saw it, or a new row: head, parts and turns in one
+        statement (the parts and turns are written only if the head was). None when written; else what
+        the row holds (``NOT_OURS``: another owner holds it; ``_EXISTS``: a whole write found a row)."""
+        if self.plan.rewrite:
+            head: LiteralString = (
+                "INSERT INTO key4u_conversations (updated_at, data, status, title, model, generation, items, "
+                "traces, id, owner, lease_until) VALUES (%(updated_at)s, %(data)s, %(status)s, %(title)s, "
+                f"%(model)s, %(generation)s, %(items)s, %(traces)s, %(id)s, %(holder)s, {_NOW} + %(lease)s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+        else:
+            head = (
+                "UPDATE key4u_conversations SET updated_at = %(updated_at)s, data = %(data)s, status = %(status)s, "
+                "title = %(title)s, model = %(model)s, generation = %(generation)s, items = %(items)s, "
+                f"traces = %(traces)s{self.freed} WHERE id = %(id)s AND generation = %(generation)s "
+                f"AND items = %(items_from)s AND traces = %(traces_from)s AND {self.ours} RETURNING id"
+            )
+        statement = "WITH head AS (" + head + ")" + _ADD_PARTS_AND_USAGE + "SELECT count(*) FROM head"
+        row = await (await conn.execute(statement, self.values)).fetchone()
+        if row is not None and row[0] == 1:
+            return None
+        found = await (
+            await conn.execute(
+                "SELECT generation, items, traces, owner FROM key4u_conversations WHERE id = %s", (self.conv.id,)
+            )
+        ).fetchone()
+        if found is None:
+            return Saved(0, 0, 0)
+        if self.owner is not None and found[3] != self.owner:
+            return NOT_OURS
+        return _EXISTS if self.plan.rewrite else Saved(*found[:3])
+
+    async def replace(self, conn: AsyncConnection[tuple[Any, ...]]) -> Saved | None:
+        """The row and its parts replaced whole, in the caller's transaction (``NOT_OURS``: not this owner's)."""
+        cursor = await conn.execute(
+            "UPDATE key4u_conversations SET updated_at = %(updated_at)s, data = %(data)s, status = %(status)s, "
+            "title = %(title)s, model = %(model)s, generation = %(generation)s, items = %(items)s, "
+            f"traces = %(traces)s{self.freed} WHERE id = %(id)s AND {self.ours} RETURNING id",
+            self.values,
+        )
+        if await cursor.fetchone() is None:
+            return NOT_OURS
+        await conn.execute("DELETE FROM key4u_parts WHERE conversation_id = %s", (self.conv.id,))
+        await conn.execute("WITH head AS (SELECT %(id)s::text AS id)" + _ADD_PARTS_AND_USAGE + "SELECT 1", self.values)
+        return None
 
 
 def _is_database_error(exc: BaseException) -> bool:

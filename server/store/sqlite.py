@@ -39,6 +39,7 @@ from server.errors import StoreError
 from server.store.base import USAGE_KEPT_DAYS, ConversationInfo, Stored, UsageRow, row_status, title_of
 from server.store.parts import (
     ITEM_PART,
+    NOT_OURS,
     TRACE_PART,
     Head,
     PartsCache,
@@ -324,14 +325,16 @@ class SQLiteStore:
 
         return await self._run(read)
 
-    async def put(self, conversation: Conversation) -> None:
-        await self._save(conversation, None)
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
+        return await self._save(conversation, None, owner, release)
 
     async def create(self, conversation: Conversation, owner: str, lease: float) -> None:
         # One transaction: no other process ever sees it saved as running without its claim.
         await self._save(conversation, (owner, lease))
 
-    async def _save(self, conv: Conversation, claim: tuple[str, float] | None) -> None:
+    async def _save(
+        self, conv: Conversation, claim: tuple[str, float] | None, owner: str | None = None, release: bool = False
+    ) -> bool:
         """Write ``conv``'s head and the parts it gained; a new conversation (``claim`` given) is
         inserted claimed. The JSON is made here, on the event loop, where the conversation changes."""
         conv.updated_at = time.time()
@@ -341,10 +344,13 @@ class SQLiteStore:
         def write(db: sqlite3.Connection, plan: Save) -> Saved | None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row: tuple[int | None, int | None, int | None] | None = db.execute(
-                    "SELECT generation, items, traces FROM conversations WHERE id = ?", (conv.id,)
+                row: tuple[int | None, int | None, int | None, str | None] | None = db.execute(
+                    "SELECT generation, items, traces, owner FROM conversations WHERE id = ?", (conv.id,)
                 ).fetchone()
-                stored = Head("", *row).saved if row is not None else None
+                if owner is not None and row is not None and row[3] != owner:
+                    db.execute("ROLLBACK")
+                    return NOT_OURS
+                stored = Head("", *row[:3]).saved if row is not None else None
                 if not plan.rewrite and is_stale(plan, stored):
                     db.execute("ROLLBACK")
                     return stored if stored is not None else Saved(0, 0, 0)
@@ -377,6 +383,8 @@ class SQLiteStore:
                         "generation = ?, items = ?, traces = ? WHERE id = ?",
                         (*values, conv.id),
                     )
+                if release:
+                    db.execute("UPDATE conversations SET owner = NULL, lease_until = NULL WHERE id = ?", (conv.id,))
                 if plan.rewrite:
                     db.execute("DELETE FROM conversation_parts WHERE conversation_id = ?", (conv.id,))
                 db.executemany(
@@ -423,10 +431,14 @@ class SQLiteStore:
             return None
 
         stale = await self._run(lambda db: write(db, plan))
+        if stale is NOT_OURS:
+            return False
         if stale is not None:  # the row is not as this object last saw it: write it whole
             plan = plan_save(conv, None if stale.generation == 0 else stale)
-            await self._run(lambda db: write(db, plan))
+            if await self._run(lambda db: write(db, plan)) is NOT_OURS:
+                return False
         cache_saved(self._cache, conv, plan)
+        return True
 
     async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
         def take(db: sqlite3.Connection) -> Conversation | None:

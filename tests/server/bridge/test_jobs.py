@@ -27,9 +27,9 @@ class FullDisk(MemoryStore):
 
     full = False
 
-    async def put(self, conversation: Conversation) -> None:
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
         if not self.full:
-            return await super().put(conversation)
+            return await super().put(conversation, owner=owner, release=release)
         raise StoreError("the conversation database /tmp/x could not be read or written: disk full", path="/tmp/x")
 
     async def renew(self, conversation_id: str, owner: str, lease: float) -> bool:

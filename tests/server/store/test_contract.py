@@ -99,3 +99,23 @@ async def test_list_is_newest_first_with_status(store: ConversationStore) -> Non
     listed = await store.list()
     assert [(i.id, i.status) for i in listed] == [(second.id, "completed"), (first.id, "in_progress")]
     assert await store.count() == 2
+
+
+async def test_a_save_by_an_owner_that_lost_its_claim_writes_nothing(store: ConversationStore) -> None:
+    """A run whose lease ran out while another process took the conversation over must not overwrite it."""
+    saved = conv("a's start")
+    await store.create(saved, "a", 0.2)
+    await anyio.sleep(0.3)
+    taken = await store.claim(saved.id, "b", 30)
+    assert taken is not None
+    taken.text = "b's work"
+    assert await store.put(taken, owner="b")
+    saved.text = "a's late end"
+    assert not await store.put(saved, owner="a", release=True)
+    stored = await store.get(saved.id)
+    assert stored is not None and stored.conversation.text == "b's work" and stored.owner == "b"
+    assert await store.put(taken, owner="b", release=True)  # b's last save frees the claim with it
+    stored = await store.get(saved.id)
+    assert stored is not None and stored.owner is None
+    assert not await store.put(saved, owner="a")  # released by b: still not a's to write
+    assert await store.put(saved)  # a save that names no owner (an administrator's) is not checked

@@ -4,7 +4,7 @@ and a read by a process that has seen the conversation reads only what was added
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from server.bridge.conversation import Conversation, Options, ToolCallTrace
 from server.store.base import ConversationStore
 from server.store.memory import MemoryStore
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
 from server.upstream.model import FunctionCall, FunctionOutput, Message
 
@@ -60,11 +61,24 @@ class Inserts:
         return n
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    made: ConversationStore = SQLiteStore(tmp_path / "c.sqlite3") if request.param == "sqlite" else MemoryStore()
+    made: ConversationStore
+    if request.param == "postgres":
+        made = PostgresStore(request.getfixturevalue("pg_url"))
+    else:
+        made = SQLiteStore(tmp_path / "c.sqlite3") if request.param == "sqlite" else MemoryStore()
     yield made
     await made.aclose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ConversationStore]:
+    """Stores as two processes open one database: each call a new store on the same file or database."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        return lambda: PostgresStore(url)
+    return lambda: SQLiteStore(tmp_path / "shared.sqlite3")
 
 
 async def test_a_conversation_saved_and_continued_many_times_reads_back_whole(store: ConversationStore) -> None:
@@ -121,9 +135,10 @@ async def test_a_process_that_has_seen_a_conversation_reads_only_what_another_ad
     await second.aclose()
 
 
-async def test_a_conversation_rewritten_elsewhere_is_read_whole_again(tmp_path: Path) -> None:
-    path = tmp_path / "shared.sqlite3"
-    first, second = SQLiteStore(path), SQLiteStore(path)
+async def test_a_conversation_rewritten_elsewhere_is_read_whole_again(
+    two_processes: Callable[[], ConversationStore],
+) -> None:
+    first, second = two_processes(), two_processes()
     conv = Conversation(options=Options(model="gpt-4.1"))
     grow(conv, 4)
     await first.put(conv)

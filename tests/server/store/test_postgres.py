@@ -25,6 +25,7 @@ from server.cli.demo import KEY4U_PROMPT
 from server.config import Settings
 from server.standin import Faults, StandIn
 from server.store.postgres import SCHEMA_VERSION, PostgresStore
+from server.upstream.model import Message
 from tests.conftest import FAKE_KEY
 from tests.helpers import INITIALIZE, bridge_client, raw_session, script, settings_for, text_of
 from tests.pg import PASSWORD, PostgresServer
@@ -254,3 +255,29 @@ def test_the_database_url_is_a_secret(tmp_path: Path) -> None:
         check=False,
     )
     assert PASSWORD not in done.stdout + done.stderr
+
+
+async def test_a_save_appends_only_what_the_history_gained(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        conv = Conversation(options=Options(model="gpt-4.1"))
+        conv.items = [Message(role="user", text=f"prompt {n}") for n in range(50)]
+        await store.create(conv, "me", 30)
+        with psycopg.connect(pg_url) as conn:
+            xmin_before = conn.execute("SELECT xmin::text::bigint FROM key4u_parts WHERE seq = 0").fetchone()
+        for n in range(3):
+            conv.items.append(Message(role="assistant", text=f"answer {n}"))
+            await store.put(conv)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT seq FROM key4u_parts ORDER BY seq").fetchall()
+            xmin_after = conn.execute("SELECT xmin::text::bigint FROM key4u_parts WHERE seq = 0").fetchone()
+        assert [r[0] for r in rows] == list(range(53))
+        assert xmin_after == xmin_before  # the first part was never written again
+        reader = PostgresStore(pg_url)  # another replica reads it whole
+        stored = await reader.get(conv.id)
+        await reader.aclose()
+        assert stored is not None and [i.model_dump() for i in stored.conversation.items] == [
+            i.model_dump() for i in conv.items
+        ]
+    finally:
+        await store.aclose()
