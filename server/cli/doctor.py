@@ -7,6 +7,7 @@ the bridge uses, says which one the bridge will use, and tells a chat-only gatew
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class Doctor:
             s.base_url,
             "" if parts.path.rstrip("/").endswith("/v1") else "most gateways need the URL to end in /v1",
         )
+        await self._store()
         if s.api_key is None:
             self.add("API key", False, "not set", "set KEY4U_API_KEY (or OPENAI_API_KEY)")
             return self.checks
@@ -98,6 +100,22 @@ class Doctor:
         for model in models or [s.model]:
             await self._model(model, key)
         return self.checks
+
+    async def _store(self) -> None:
+        """The conversation store opens (PostgreSQL: connects and has its schema) and can be read."""
+        from server.surface.app import open_store
+
+        store = open_store(self.settings)
+        where: str = getattr(store, "shown", None) or str(self.settings.database)
+        try:
+            count = await store.count()
+        except errors.StoreError as exc:
+            self.add("conversation store", False, str(exc), exc.hint or "")
+        else:
+            self.add("conversation store", True, f"{where}: {count} conversation(s)")
+        finally:
+            with contextlib.suppress(errors.StoreError):
+                await store.aclose()
 
     async def _model(self, model: str, key: str) -> None:
         """Both APIs for ``model``: plain, streaming, function calling; then which one the bridge uses."""

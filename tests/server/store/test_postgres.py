@@ -281,3 +281,16 @@ async def test_a_save_appends_only_what_the_history_gained(pg_url: str) -> None:
         ]
     finally:
         await store.aclose()
+
+
+def test_doctor_checks_the_store(tmp_path: Path, pg_url: str, standin: StandIn) -> None:
+    def doctor(url: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KEY4U_", "OPENAI_"))}
+        env |= {"KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": standin.base_url, "KEY4U_DB_URL": url}
+        return subprocess.run([script(), "doctor"], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    good = doctor(pg_url)
+    assert "conversation store" in good.stdout and "0 conversation(s)" in good.stdout, good.stdout
+    bad = doctor(f"postgresql://key4u:{PASSWORD}@127.0.0.1:9/nothing")
+    assert bad.returncode != 0 and "KEY4U_DB_URL=postgresql://key4u:***@127.0.0.1:9/nothing" in bad.stdout
+    assert PASSWORD not in bad.stdout + bad.stderr + good.stdout + good.stderr
