@@ -7,6 +7,7 @@ fallbacks, so any OpenAI-compatible gateway works with the variables its users a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -219,6 +220,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KEY4U_DB_PATH", "db_path"),
         description="SQLite file for conversations (default: the user state directory).",
     )
+    file_roots: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEY4U_FILE_ROOTS", "file_roots"),
+        description="Folders key4u_respond may read images and files from, separated by the path separator "
+        "(default: your home and the current directory).",
+    )
     db_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("KEY4U_DB_URL", "db_url"),
@@ -288,6 +295,10 @@ class Settings(BaseSettings):
     @property
     def has_key(self) -> bool:
         return self.api_key is not None
+
+    def roots(self) -> list[Path]:
+        """``KEY4U_FILE_ROOTS`` as folders (empty: the default, home and the current directory)."""
+        return [Path(p) for p in (self.file_roots or "").split(os.pathsep) if p.strip()]
 
     def secrets(self) -> list[str]:
         """Values that must never be printed or logged."""

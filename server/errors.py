@@ -17,6 +17,7 @@
       terminal event or finish_reason, a 200 carrying an error object).
     * StreamError: an ``error`` event arrived mid-stream.
     * NoUsableEndpointError: neither /v1/responses nor /v1/chat/completions serves the model.
+    * UnsupportedInputError: the API in use cannot carry an input (a file by URL over chat).
   * StoreError: the conversation database could not be read or written (the path and the fix).
 
 Messages never contain the API key: the one boundary that builds them masks it.
@@ -164,6 +165,10 @@ class NoUsableEndpointError(UpstreamError):
     """Raised when neither /v1/responses nor /v1/chat/completions serves the model."""
 
     hint = "check KEY4U_BASE_URL: it must be the gateway's OpenAI-compatible base (e.g. https://api.key4u.shop/v1)"
+
+
+class UnsupportedInputError(UpstreamError):
+    """Raised when the API a conversation uses cannot carry one of its inputs (never sent)."""
 
 
 class StoreError(BridgeError):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server.bridge.conversation import Conversation, ToolCallTrace
 from server.bridge.request import FunctionOutput as CallerOutput
 from server.bridge.request import RespondRequest
-from server.upstream.model import FunctionCall, FunctionOutput, Message
+from server.upstream.model import Attachment, FunctionCall, FunctionOutput, Message
 
 
 def settled(conv: Conversation) -> Conversation:
@@ -60,7 +61,7 @@ def still_running(conv: Conversation, deadline: float) -> Conversation:
     return snapshot
 
 
-def add_request(conv: Conversation, request: RespondRequest) -> None:
+def add_request(conv: Conversation, request: RespondRequest, attachments: Sequence[Attachment] = ()) -> None:
     """Add what a follow-up call brings (options, function outputs, a prompt) to a claimed conversation.
 
     It starts a new run: the result of this call reports the tool calls from here on."""
@@ -78,8 +79,8 @@ def add_request(conv: Conversation, request: RespondRequest) -> None:
         raise ToolError(f"conversation {conv.id} is not waiting for function outputs (status {conv.status})")
     if conv.interrupted:
         resume(conv)
-    if request.prompt:
-        conv.items.append(Message(role="user", text=request.prompt))  # RespondRequest made it writable
+    if request.prompt:  # RespondRequest made it writable
+        conv.items.append(Message(role="user", text=request.prompt, attachments=list(attachments)))
     conv.notes, conv.error = [], None
     conv.options = conv.options.model_copy(update={"max_turns": conv.turns + conv.options.max_turns})
 

@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from server.bridge.approval import NOBODY, ApprovalRequest, Verdict
+from server.bridge.attachments import MAX_TOTAL_BYTES, Limits, tool_images
 from server.bridge.conversation import Approval, Conversation, PendingCall, ToolCallTrace, TurnUsage
 from server.errors import UpstreamError
 from server.telemetry import OFF, Telemetry
 from server.toolsets.base import OfferedTool, RunMode
 from server.upstream.model import (
+    Attachment,
     FunctionCall,
     FunctionOutput,
+    Message,
     Model,
     ModelRequest,
     ModelResponse,
@@ -157,6 +160,10 @@ class Loop:
     _stages: set[str] = field(default_factory=set[str])
     #: This run's verdicts by call id, for the calls' traces.
     _approved: dict[str, str] = field(default_factory=dict[str, str])
+    #: Images the tools of this turn returned, and the bytes of images the run may still send.
+    _tool_images: list[Attachment] = field(default_factory=list[Attachment])
+    _images_left: int = MAX_TOTAL_BYTES
+    _image_limits: Limits = field(default_factory=lambda: Limits(roots=()))
     _last_said: float = field(default_factory=time.perf_counter)
 
     async def _say(self, message: str) -> None:
@@ -309,6 +316,9 @@ class Loop:
         for call in calls:
             if call.call_id in outputs:
                 conv.items.append(FunctionOutput(call_id=call.call_id, output=outputs[call.call_id]))
+        if self._tool_images:  # what the tools showed: a user message of images alone, after every output
+            conv.items.append(Message(role="user", attachments=self._tool_images))
+            self._tool_images = []
         if pending:
             conv.pending_calls = pending
             conv.status = "requires_action"
@@ -387,6 +397,10 @@ class Loop:
                         # A little under the loop's own bound, so that a downstream server can mark itself hung first.
                         result = await offered.tool.call(arguments, self.limits.call_timeout * 0.95)
                     output = result_to_output(result, self.limits.output_chars)
+                    if result.content and self._images_left > 0:  # images go to the model after the outputs
+                        shown = tool_images(result, self._image_limits, self._images_left)
+                        self._images_left -= sum(a.size for a in shown)
+                        self._tool_images += shown
                     ok = not result.is_error
                 except TimeoutError:
                     output = error_output(f"{name} did not finish within {self.limits.call_timeout:g} s")

@@ -53,6 +53,8 @@ class RespondRequest(BaseModel):
     )
     synthesize: str | None = Field(default=None, description="A model that then compares their answers.")
     synthesis_labels: Labels = Field(default="anonymous", description=None)
+    images: list[str] | None = Field(default=None, description="Image paths, https URLs or data: URIs.")
+    files: list[str] | None = Field(default=None, description="PDF or text paths, https URLs or data: URIs.")
     tools: list[str] | None = Field(
         default=None,
         description="This server's tools to offer (default all).",
@@ -86,6 +88,10 @@ class RespondRequest(BaseModel):
         default=None,
         description=None,
     )
+
+    @property
+    def attaches(self) -> bool:
+        return bool(self.images or self.files)
 
     @property
     def wants_more(self) -> bool:

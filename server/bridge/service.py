@@ -20,8 +20,9 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
 
-from server.bridge import panel
+from server.bridge import attachments, panel
 from server.bridge.approval import Approver
+from server.bridge.attachments import Limits
 from server.bridge.continuation import add_request, running_elsewhere, settled, still_running
 from server.bridge.conversation import Conversation, Group, Member, Options, ResultUsage
 from server.bridge.jobs import Job, Jobs
@@ -35,7 +36,7 @@ from server.store.base import ConversationStore
 from server.telemetry import OFF, Telemetry
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub
-from server.upstream.model import Message, Model
+from server.upstream.model import Attachment, Message, Model
 
 if TYPE_CHECKING:
     from server.upstream.pricing import Prices
@@ -103,15 +104,25 @@ class Bridge:
         if request.synthesize is not None:
             raise ToolError("synthesize needs models: the models whose answers it compares")
         try:
+            attached = await self._attachments(request)
             if request.conversation_id:
-                job = await self._continue(request.conversation_id, request)
+                job = await self._continue(request.conversation_id, request, attached)
             else:
-                job = await self._start_new(request)
+                job = await self._start_new(request, attached)
         except StoreError as exc:  # the database is unusable: say which file and what to do
             raise ToolError(str(exc)) from exc
         return await self._wait(job, waiter, deadline or self.settings.deadline)
 
-    async def _start_new(self, request: RespondRequest) -> Job:
+    async def _attachments(self, request: RespondRequest) -> list[Attachment]:
+        """The call's images and files, read and checked (on a worker thread) before anything is sent."""
+        if not request.attaches:
+            return []
+        if not request.prompt:
+            raise ToolError("images and files go with a prompt: add one that says what to do with them")
+        limits = Limits.of(self.settings.roots())
+        return await anyio.to_thread.run_sync(attachments.load, request.images or [], request.files or [], limits)
+
+    async def _start_new(self, request: RespondRequest, attached: list[Attachment] | None = None) -> Job:
         if not request.prompt:
             raise ToolError("prompt is required unless conversation_id is given")
         if request.function_outputs:
@@ -123,12 +134,15 @@ class Bridge:
         if request.api in ("responses", "chat"):
             conv.api = request.api
         offer = self.planner.offer(conv.options)
-        conv.items.append(Message(role="user", text=request.prompt))  # RespondRequest made it writable
+        # RespondRequest made the prompt writable
+        conv.items.append(Message(role="user", text=request.prompt, attachments=list(attached or [])))
         self._begin(conv)
         await self.store.create(conv, self.jobs.owner, self.jobs.lease)
         return self.jobs.start(conv, lambda job: self._loop(offer, job))
 
-    async def _continue(self, conversation_id: str, request: RespondRequest) -> Job:
+    async def _continue(
+        self, conversation_id: str, request: RespondRequest, attached: list[Attachment] | None = None
+    ) -> Job:
         running = self.jobs.running.get(conversation_id)
         if running is not None:
             if request.wants_more:
@@ -155,7 +169,7 @@ class Bridge:
         try:
             conv = settled(claimed)
             if request.wants_more or conv.interrupted:
-                add_request(conv, request)  # an interrupted conversation resumes with what it has
+                add_request(conv, request, attached or [])  # an interrupted one resumes with what it has
             await self._servers_for(conv.options.tools)
             offer = self.planner.offer(conv.options)  # checked before anything is sent
         except BaseException:
@@ -180,10 +194,11 @@ class Bridge:
                 "models starts a new group; to go on with a group, pass its conversation_id (grp_...) with a prompt"
             )
         try:
+            attached = await self._attachments(request)  # read once, sent to every model
             if request.conversation_id is None:
-                group_conv = await self._start_group(request)
+                group_conv = await self._start_group(request, attached)
             else:
-                group_conv = await self._group_of(request)
+                group_conv = await self._group_of(request, attached)
             group = group_conv.group
             assert group is not None
             answers = await self._wait_members(group, waiter, deadline)
@@ -195,7 +210,7 @@ class Bridge:
             raise ToolError(str(exc)) from exc
         return panel.group_result(group_conv.id, group_conv.group or group, answers, synthesis)
 
-    async def _start_group(self, request: RespondRequest) -> Conversation:
+    async def _start_group(self, request: RespondRequest, attached: list[Attachment]) -> Conversation:
         if request.model is not None:
             raise ToolError("give either model or models, not both")
         if request.function_outputs:
@@ -214,7 +229,7 @@ class Bridge:
             if member.error is not None:
                 continue
             try:
-                job = await self._start_new(panel.member_request(request, member.model))
+                job = await self._start_new(panel.member_request(request, member.model), attached)
             except ToolError as exc:
                 if not any(m.conversation_id for m in group.members):
                     raise  # what every member shares (the prompt, the tools) is wrong: the call's error
@@ -233,7 +248,7 @@ class Bridge:
         await self.store.release(conv.id, self.jobs.owner)
         return conv
 
-    async def _group_of(self, request: RespondRequest) -> Conversation:
+    async def _group_of(self, request: RespondRequest, attached: list[Attachment]) -> Conversation:
         """A stored group, with a follow-up prompt sent to every member when the call has one."""
         group_id = request.conversation_id
         assert group_id is not None
@@ -263,7 +278,8 @@ class Bridge:
         for member in members:
             assert member.conversation_id is not None
             try:
-                await self._continue(member.conversation_id, panel.follow_up(request, member.conversation_id))
+                follow_up = panel.follow_up(request, member.conversation_id)
+                await self._continue(member.conversation_id, follow_up, attached)
             except ToolError as exc:
                 member.error = f"{member.model}: the follow-up was not sent: {exc}"
         stored.group.prompts.append(request.prompt)

@@ -27,6 +27,7 @@ from server.standin.common import (
     message_text,
     ok_with_error,
     plan_turn,
+    received_media,
     stream_reply,
 )
 from server.standin.model import is_object
@@ -44,7 +45,7 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
     for limit in ("max_tokens", "max_completion_tokens"):
         if body.get(limit) is not None and (not isinstance(body[limit], int) or isinstance(body[limit], bool)):
             raise RequestError(400, f"Invalid type for '{limit}': expected an integer.", param=limit)
-    users = [n for n, m in enumerate(messages) if m["role"] == "user"]
+    users = [n for n, m in enumerate(messages) if m["role"] == "user" and message_text(m).strip()]
     prompt = message_text(messages[users[-1]]) if users else ""
     names: dict[str, str] = {}
     for message in messages:
@@ -69,6 +70,8 @@ def build_completion(body: dict[str, Any], faults: Faults) -> dict[str, Any]:
         text = model.structured_answer(schema, outputs)
     elif not planned:
         text = model.answer(prompt, outputs, str(body.get("model") or ""))
+        if media := received_media(messages):
+            text += "\n" + media
         text = json.dumps({"answer": text}, ensure_ascii=False) if kind == "json_object" else text
     if not planned and faults.answer_text is not None:
         text = faults.answer_text

@@ -154,6 +154,51 @@ def message_text(item: dict[str, Any]) -> str:
     return ""
 
 
+def received_media(messages: list[dict[str, Any]]) -> str:
+    """What images and documents the user messages carried, as the stand-in's answer reports them
+    ("Received 1 image(s): image/png, 68 bytes."), or "" when none: so tests can check the whole path."""
+    images: list[str] = []
+    files: list[str] = []
+    for message in messages:
+        content: object = message.get("content")
+        if message.get("role") != "user" or not is_array(content):
+            continue
+        for part in content:
+            if not is_object(part):
+                continue
+            kind = part.get("type")
+            if kind == "input_image":
+                images.append(_described(part.get("image_url")))
+            elif kind == "image_url":
+                inner: Any = part.get("image_url")
+                images.append(_described(inner.get("url") if is_object(inner) else None))
+            elif kind == "input_file":
+                files.append(_described(part.get("file_data") or part.get("file_url"), part.get("filename")))
+            elif kind == "file":
+                inner = part.get("file")
+                files.append(
+                    _described(
+                        inner.get("file_data") if is_object(inner) else None,
+                        inner.get("filename") if is_object(inner) else None,
+                    )
+                )
+    said = [
+        f"{len(found)} {what}(s): {'; '.join(found)}" for what, found in (("image", images), ("file", files)) if found
+    ]
+    return f"Received {' and '.join(said)}." if said else ""
+
+
+def _described(reference: object, name: object = None) -> str:
+    named = f"{name} " if isinstance(name, str) and name else ""
+    if not isinstance(reference, str):
+        return f"{named}(nothing)"
+    if reference.startswith("data:"):
+        header, _, payload = reference.partition(",")
+        size = len(payload) * 3 // 4 - payload[-2:].count("=")
+        return f"{named}{header[5:].removesuffix(';base64')}, {size} bytes"
+    return f"{named}by URL {reference[:80]}"
+
+
 # --- checks --------------------------------------------------------------------------------------
 
 

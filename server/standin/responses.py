@@ -25,6 +25,7 @@ from server.standin.common import (
     new_id,
     ok_with_error,
     plan_turn,
+    received_media,
     stream_reply,
 )
 from server.standin.model import is_array, is_object
@@ -209,7 +210,12 @@ def _call_key(call: dict[str, Any]) -> str:
 
 def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Faults) -> dict[str, Any]:
     tools = check_tools(body.get("tools"))
-    users = [n for n, i in enumerate(items) if i.get("type") == "message" and i.get("role") == "user"]
+    # A user message of images alone (what tools returned) is not a new prompt.
+    users = [
+        n
+        for n, i in enumerate(items)
+        if i.get("type") == "message" and i.get("role") == "user" and message_text(i).strip()
+    ]
     prompt = message_text(items[users[-1]]) if users else ""
     calls = {c.get("call_id"): c for c in items if c.get("type") == "function_call"}
     # The outputs of the turn since the last user message are what the answer reports.
@@ -254,6 +260,8 @@ def build_response(body: dict[str, Any], items: list[dict[str, Any]], faults: Fa
             text = model.structured_answer(text_format.get("schema") or {}, turn_outputs)
         else:
             text = model.answer(prompt, turn_outputs, str(body.get("model") or ""))
+            if media := received_media([i for i in items if i.get("type") == "message"]):
+                text += "\n" + media
         if faults.answer_text is not None:
             text = faults.answer_text
         output.append(

@@ -27,6 +27,7 @@ from server.bridge.service import Bridge
 from server.config import Settings
 from server.surface.approval import HostApprover
 from server.surface.budget import Host, client_name, fit, fit_group
+from server.upstream.model import Item, Message
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,14 @@ def to_call_result(result: RespondResult, host: Host, max_chars: int | None = No
     )
 
 
+def _readable(item: Item) -> dict[str, Any]:
+    """An item as the transcript shows it: images' and documents' bytes left out (their size is kept)."""
+    if not isinstance(item, Message) or not item.attachments:
+        return item.model_dump(mode="json")
+    shown = [a.model_copy(update={"data": None}) if a.data is not None else a for a in item.attachments]
+    return item.model_copy(update={"attachments": shown}).model_dump(mode="json")
+
+
 def transcript(conv: Conversation) -> str:
     """The full conversation as JSON: every item sent and received, and the trace."""
     document = {
@@ -211,7 +220,7 @@ def transcript(conv: Conversation) -> str:
         "model": conv.model,
         "options": conv.options.model_dump(mode="json"),
         "api": conv.api,
-        "items": [i.model_dump(mode="json") for i in conv.items],
+        "items": [_readable(i) for i in conv.items],
         "tool_calls": [t.model_dump() for t in conv.tool_calls],
         "approvals": [a.model_dump() for a in conv.approvals],
         "usage": conv.usage.model_dump(),

@@ -26,6 +26,7 @@ from server import errors
 from server.upstream.gateway import Gateway, ReplyLimits, RetryPolicy, loads, map_http_errors, tokens, unique_ids
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
+    Attachment,
     FunctionCall,
     FunctionOutput,
     Item,
@@ -235,7 +236,11 @@ def messages(instructions: str | None, items: list[Item] | tuple[Item, ...]) -> 
     out: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions else []
     for item in items:
         if isinstance(item, Message):
-            if item.role == "user":
+            if item.role == "user" and item.attachments:
+                text = [{"type": "text", "text": item.text}] if item.text else []
+                parts = [*text, *map(_content_part, item.attachments)]
+                out.append({"role": "user", "content": parts})
+            elif item.role == "user":
                 out.append({"role": "user", "content": item.text})
             elif item.text:
                 out.append({"role": "assistant", "content": item.text})
@@ -253,6 +258,18 @@ def messages(instructions: str | None, items: list[Item] | tuple[Item, ...]) -> 
         elif isinstance(item, FunctionOutput):
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
     return out
+
+
+def _content_part(attachment: Attachment) -> dict[str, Any]:
+    """An image as an ``image_url`` part, a document as a ``file`` part (its bytes: chat has no file URLs)."""
+    if attachment.kind == "image":
+        return {"type": "image_url", "image_url": {"url": attachment.reference(), "detail": attachment.detail}}
+    if attachment.url is not None:
+        raise errors.UnsupportedInputError(
+            f"Chat Completions cannot take a document by URL ({attachment.url})",
+            hint="pass the file as a local path or a data: URI, or use a model the gateway serves on /v1/responses",
+        )
+    return {"type": "file", "file": {"filename": attachment.name or "document", "file_data": attachment.reference()}}
 
 
 @dataclass

@@ -26,12 +26,30 @@ ApiStyle = Literal["responses", "chat"]
 Effort = Literal["minimal", "low", "medium", "high"]
 
 
+class Attachment(BaseModel):
+    """An image or a document sent with a user message: its bytes (base64), or a URL passed by reference."""
+
+    kind: Literal["image", "file"]
+    mime: str
+    name: str | None = None
+    data: str | None = None
+    url: str | None = None
+    detail: Literal["auto", "low", "high"] = "auto"
+    size: int = 0
+    """Bytes of the content (0 for a URL, which this server never fetches)."""
+
+    def reference(self) -> str:
+        """The URL, or the content as a ``data:`` URI."""
+        return self.url if self.url is not None else f"data:{self.mime};base64,{self.data or ''}"
+
+
 class Message(BaseModel):
-    """A user prompt or an assistant's text."""
+    """A user prompt or an assistant's text; a user message may carry images and documents."""
 
     type: Literal["message"] = "message"
     role: Literal["user", "assistant"]
     text: str = ""
+    attachments: list[Attachment] = Field(default_factory=list[Attachment])
 
     @model_validator(mode="before")
     @classmethod

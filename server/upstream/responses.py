@@ -29,6 +29,7 @@ from server.upstream.gateway import (
 )
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.model import (
+    Attachment,
     FunctionCall,
     FunctionOutput,
     Item,
@@ -210,6 +211,10 @@ def wire_item(item: Item) -> dict[str, Any] | None:
     """How a neutral item is sent as Responses input, or None to leave it out."""
     if isinstance(item, Message):
         if item.role == "user":
+            if item.attachments:
+                text = [{"type": "input_text", "text": item.text}] if item.text else []
+                parts = [*text, *map(_input_part, item.attachments)]
+                return {"type": "message", "role": "user", "content": parts}
             return {"type": "message", "role": "user", "content": item.text}
         if not item.text:
             return None
@@ -221,6 +226,15 @@ def wire_item(item: Item) -> dict[str, Any] | None:
         return item.model_dump()
     # Without encrypted_content a reasoning item can only be found by id, which store:false forbids.
     return dict(item.wire) if item.wire.get("encrypted_content") else None
+
+
+def _input_part(attachment: Attachment) -> dict[str, Any]:
+    """An image as ``input_image``, a document as ``input_file`` (by URL, or its bytes as a data URI)."""
+    if attachment.kind == "image":
+        return {"type": "input_image", "image_url": attachment.reference(), "detail": attachment.detail}
+    if attachment.url is not None:
+        return {"type": "input_file", "file_url": attachment.url}
+    return {"type": "input_file", "filename": attachment.name or "document", "file_data": attachment.reference()}
 
 
 def neutral_item(item: dict[str, Any], clean: Callable[[str], str]) -> Item | None:

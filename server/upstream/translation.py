@@ -140,7 +140,10 @@ def parse_arguments(spec: FunctionSpec, arguments: str) -> dict[str, Any]:
 def _describe(block: Any) -> str:
     if isinstance(block, TextContent):
         return block.text
-    if isinstance(block, ImageContent | AudioContent):
+    if isinstance(block, ImageContent):  # the bridge sends what it can of it as an image, after the outputs
+        size = len(block.data) * 3 // 4
+        return f"[image: {block.mime_type}, about {size} bytes; shown after the tool outputs if it can be]"
+    if isinstance(block, AudioContent):
         size = len(block.data) * 3 // 4
         return f"[{block.type}: {block.mime_type}, about {size} bytes, not shown]"
     if isinstance(block, ResourceLink):
