@@ -2,8 +2,9 @@
 
 Each entry of ``images`` or ``files`` is a local path (read by this server, only inside
 ``KEY4U_FILE_ROOTS``: by default the user's home and the current directory, symlinks resolved first,
-so none escapes), an ``https://`` URL (passed by reference: this server never fetches it), or a
-``data:`` URI. The type is sniffed from the content, never taken from a name: PNG, JPEG, GIF and WebP
+so none escapes), an ``https://`` URL (passed by reference: this server never fetches it), a
+``data:`` URI, or a downstream MCP server's resource, ``mcp:<server>:<uri>`` (the bridge reads it and
+hands it here as a data: URI). The type is sniffed from the content, never taken from a name: PNG, JPEG, GIF and WebP
 images; PDF and UTF-8 text documents. Sizes are checked before reading (a 2 GB file is refused from
 its size), then per file, per request and in count. An image above the limit is scaled down when
 Pillow is installed (the ``[images]`` extra), else refused with that advice. Every failure is a
@@ -30,6 +31,8 @@ from mcp.types import CallToolResult, ImageContent
 
 from server.upstream.model import Attachment
 
+#: ``mcp:<server>:<uri>``: a resource of a downstream MCP server, read by the bridge through the hub.
+RESOURCE_PREFIX = "mcp:"
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_TOTAL_BYTES = 48 * 1024 * 1024

@@ -7,11 +7,11 @@ never runs a tool and never talks to the gateway.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from typing import Any
 
+import pydantic_core
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server.bridge.conversation import Options
@@ -36,9 +36,9 @@ class Planner:
 
     def __init__(self, available: CombinedToolset) -> None:
         self.available = available
-        self._specs: OrderedDict[tuple[str, str | None, str, str], FunctionSpec] = OrderedDict()
+        self._specs: OrderedDict[tuple[str, str | None, bytes, str], FunctionSpec] = OrderedDict()
         self._cached_bytes = 0
-        self._keys: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
+        self._keys: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
 
     def offer(self, options: Options) -> Offer:
         """The functions offered under ``options``; a ``ToolError`` says what the caller must change."""
@@ -84,7 +84,7 @@ class Planner:
         if len({f.name for f in functions}) != len(functions):
             raise ToolError("two functions have the same name")
 
-    def _key_of(self, schema: dict[str, Any]) -> str:
+    def _key_of(self, schema: dict[str, Any]) -> bytes:
         """The schema's cache key, computed once per schema object: toolsets hand out the same listed
         schema objects on every call until a server lists its tools again."""
         known = self._keys.get(id(schema))
@@ -116,8 +116,10 @@ class Planner:
         return spec
 
 
-def _schema_key(schema: dict[str, Any]) -> str:
+def _schema_key(schema: dict[str, Any]) -> bytes:
+    """The schema's JSON as pydantic writes it (fast; keys in their order: the same client sends the same
+    order, and another order only costs a conversion)."""
     try:
-        return json.dumps(schema, sort_keys=True, default=str)
-    except (ValueError, RecursionError, TypeError):  # circular, too deep, or keys that do not sort
-        return f"unkeyable:{id(schema)}"
+        return pydantic_core.to_json(schema)
+    except (pydantic_core.PydanticSerializationError, ValueError, RecursionError):  # circular, too deep
+        return f"unkeyable:{id(schema)}".encode()

@@ -8,6 +8,7 @@ waiting. This module never builds requests, parses replies or runs tools itself.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import BlobResourceContents
 
 from server.bridge import attachments, panel
 from server.bridge.approval import Approver
-from server.bridge.attachments import Limits
+from server.bridge.attachments import RESOURCE_PREFIX, Limits
 from server.bridge.continuation import add_request, running_elsewhere, settled, still_running
 from server.bridge.conversation import Conversation, Group, Member, Options, ResultUsage
 from server.bridge.jobs import Job, Jobs
@@ -35,7 +37,7 @@ from server.errors import StoreError
 from server.store.base import ConversationStore
 from server.telemetry import OFF, Telemetry
 from server.toolsets.base import CombinedToolset
-from server.toolsets.hub import Hub
+from server.toolsets.hub import Hub, ResourceReadError
 from server.upstream.model import Attachment, Message, Model
 
 if TYPE_CHECKING:
@@ -120,7 +122,30 @@ class Bridge:
         if not request.prompt:
             raise ToolError("images and files go with a prompt: add one that says what to do with them")
         limits = Limits.of(self.settings.roots())
-        return await anyio.to_thread.run_sync(attachments.load, request.images or [], request.files or [], limits)
+        images = [await self._resource(e) for e in request.images or []]
+        files = [await self._resource(e) for e in request.files or []]
+        return await anyio.to_thread.run_sync(attachments.load, images, files, limits)
+
+    async def _resource(self, entry: str) -> str:
+        """An ``mcp:<server>:<uri>`` entry read from that downstream server, as a data: URI; others as they are."""
+        if not entry.startswith(RESOURCE_PREFIX):
+            return entry
+        server, sep, uri = entry.removeprefix(RESOURCE_PREFIX).partition(":")
+        if not sep or not server or not uri:
+            raise ToolError(f"{entry[:80]}: a resource is named mcp:<server>:<uri>, e.g. mcp:fs:file:///tmp/a.png")
+        if self.hub is None:
+            raise ToolError(f"{entry[:80]}: no downstream MCP servers are configured (KEY4U_MCP_SERVERS)")
+        try:
+            read = await self.hub.read_resource(server, uri)
+        except ResourceReadError as exc:
+            raise ToolError(f"{entry[:80]}: {exc}") from exc
+        if not read.contents:
+            raise ToolError(f"{entry[:80]}: the resource is empty")
+        content = read.contents[0]
+        if isinstance(content, BlobResourceContents):
+            return f"data:{content.mime_type or 'application/octet-stream'};base64,{content.blob}"
+        encoded = base64.b64encode(content.text.encode("utf-8", "replace")).decode("ascii")
+        return f"data:text/plain;base64,{encoded}"
 
     async def _start_new(self, request: RespondRequest, attached: list[Attachment] | None = None) -> Job:
         if not request.prompt:

@@ -27,6 +27,7 @@ from server.bridge.service import Bridge
 from server.config import Settings
 from server.surface.approval import HostApprover
 from server.surface.budget import Host, client_name, fit, fit_group
+from server.upstream.jsonvalues import is_writable
 from server.upstream.model import Item, Message
 
 logger = logging.getLogger(__name__)
@@ -61,9 +62,13 @@ def _request_signature() -> inspect.Signature:
 def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolResult]]:
     async def key4u_respond(ctx: Context[Any], **arguments: Any) -> CallToolResult:
         state: HasBridge = ctx.request_context.lifespan_context
-        # The SDK hands over its own validated objects (function definitions and outputs as models): back
-        # to plain JSON first, so RespondRequest's validation sees, and makes writable, every string in it.
-        request = RespondRequest.model_validate(to_jsonable_python(arguments, by_alias=True))
+        # The SDK hands over its own validated objects (function definitions and outputs as models). Almost
+        # always they hold no lone surrogate, and are taken as they are; else back to plain JSON first, so
+        # RespondRequest's validation sees, and makes writable, every string in them.
+        if is_writable(arguments):
+            request = RespondRequest.model_validate(arguments)
+        else:
+            request = RespondRequest.model_validate(to_jsonable_python(arguments, by_alias=True))
         host = Host.of(client_name(ctx))
         logger.debug("key4u_respond for %s (client %r): budget %d", host.name, client_name(ctx), host.budget)
         step = 0

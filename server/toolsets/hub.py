@@ -38,7 +38,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client import IncomingMessage, Transport
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, Tool, ToolListChangedNotification
+from mcp.types import CallToolResult, ReadResourceResult, Tool, ToolListChangedNotification
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import default_servers_file
@@ -152,6 +152,10 @@ def _check_command(command: str, env: dict[str, str], cwd: str | None) -> None:
         found = shutil.which(command, path=path) is not None
     if not found:
         raise FileNotFoundError(2, "no such command", command)
+
+
+class ResourceReadError(Exception):
+    """A downstream server's resource could not be read: the server is down, refused, or has no such one."""
 
 
 @dataclass
@@ -334,6 +338,21 @@ class Downstream:
     def might_offer(self, name: str) -> bool:
         return self.status != "disabled"
 
+    async def read_resource(self, uri: str, timeout: float) -> ReadResourceResult:
+        """One of this server's resources; a ``ResourceReadError`` says why it could not be read."""
+        client = self.client
+        if self.blocked is not None or client is None or self.status != "ready":
+            raise ResourceReadError(f"the MCP server {self.name!r} is unavailable ({self.error or self.status})")
+        try:
+            with anyio.fail_after(timeout):
+                return await client.read_resource(uri)
+        except TimeoutError as exc:
+            raise ResourceReadError(f"the MCP server {self.name!r} did not answer within {timeout:g} s") from exc
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # its error for a resource it does not have, or a broken connection
+            raise ResourceReadError(f"the MCP server {self.name!r} could not read it: {_describe(exc)}") from exc
+
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
         if self.blocked is not None:
             return error_result(f"the MCP server {self.name!r} is unavailable: {self.blocked}")
@@ -420,6 +439,15 @@ class Hub:
         At most ``timeout``, and never past the servers' startup deadlines; at once when all have settled.
         """
         await self.wait_ready_for(None, timeout)
+
+    async def read_resource(self, server: str, uri: str, timeout: float = 30.0) -> ReadResourceResult:
+        """Resource ``uri`` of the downstream server named ``server``."""
+        found = self.servers.get(server)
+        if found is None:
+            known = ", ".join(self.servers) or "none"
+            raise ResourceReadError(f"there is no downstream MCP server named {server!r} (configured: {known})")
+        await self.wait_ready_for([qualified(server, "")], min(10.0, timeout))
+        return await found.read_resource(uri, timeout)
 
     async def wait_ready_for(self, names: list[str] | None, timeout: float) -> None:
         """Like ``wait_ready``, for only the servers whose tools could be among ``names`` (None: all).

@@ -80,7 +80,7 @@ async def test_a_replica_killed_mid_turn_gives_its_conversation_up_by_lease_expi
         "KEY4U_API_KEY": FAKE_KEY,
         "KEY4U_BASE_URL": standin.base_url,
         "KEY4U_DB_URL": pg_url,
-        "KEY4U_CLAIM_LEASE": "1.5",
+        "KEY4U_CLAIM_LEASE": "3",
         "KEY4U_DEADLINE": "0.5",
     }
     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "key4u_respond", "arguments": {}}}
@@ -104,7 +104,7 @@ async def test_a_replica_killed_mid_turn_gives_its_conversation_up_by_lease_expi
     async with bridge_client(replica(standin, tmp_path, pg_url)) as b:
         held = await respond(b, conversation_id=started["conversation_id"])
         assert held["status"] == "in_progress"  # A's lease still runs
-        await anyio.sleep(1.7)
+        await anyio.sleep(3.2)
         resumed = await respond(b, conversation_id=started["conversation_id"])
     assert resumed["status"] == "completed", resumed
     assert resumed["text"].startswith("[offline stand-in, not a model]")

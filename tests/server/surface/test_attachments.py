@@ -197,3 +197,36 @@ async def test_the_transcript_keeps_the_size_not_the_bytes(standin: StandIn, tmp
     document = json.loads(getattr(read.contents[0], "text", ""))
     (attachment,) = document["items"][0]["attachments"]
     assert attachment["size"] == len(png()) and attachment["data"] is None and attachment["mime"] == "image/png"
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_a_downstream_servers_resources_go_as_an_image_and_a_document(
+    api: str, standin: StandIn, tmp_path: Path, media: Path
+) -> None:
+    servers = tmp_path / "servers.json"
+    entry = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"], "cwd": str(REPO)}
+    servers.write_text(json.dumps({"mcpServers": {"screen": entry}}))
+    async with bridge_client(settings(standin, tmp_path, media, mcp_servers=servers)) as client:
+        out, _, _ = await respond(
+            client,
+            prompt="Look",
+            images=["mcp:screen:snapshot://blue.png"],
+            files=["mcp:screen:notes://paper.pdf"],
+            api=api,
+        )
+        for wrong, expected in (
+            ("mcp:nobody:snapshot://blue.png", "no downstream MCP server named 'nobody'"),
+            ("mcp:screen:snapshot://missing.png", "could not read it"),
+            ("mcp:screen", "mcp:<server>:<uri>"),
+        ):
+            result = await client.call_tool("key4u_respond", {"prompt": "look", "images": [wrong]})
+            assert result.is_error and expected in text_of(result), text_of(result)
+    assert out["status"] == "completed", out
+    assert "Received 1 image(s): image/png, " in out["text"] and "application/pdf, " in out["text"]
+    assert len(standin.requests) == 1
+
+
+async def test_resources_need_downstream_servers(standin: StandIn, tmp_path: Path, media: Path) -> None:
+    async with bridge_client(settings(standin, tmp_path, media)) as client:
+        result = await client.call_tool("key4u_respond", {"prompt": "look", "images": ["mcp:fs:file:///a.png"]})
+    assert result.is_error and "no downstream MCP servers are configured" in text_of(result)

@@ -190,8 +190,10 @@ async def test_a_follow_up_goes_to_every_model_and_is_synthesized_again(standin:
 
 
 async def test_a_group_past_the_deadline_is_waited_for_and_survives_a_restart(standin: StandIn, tmp_path: Path) -> None:
-    standin.faults = Faults(model_latency={"claude-sonnet-4": 0.8})
-    settings = settings_for(standin.base_url, tmp_path, deadline=0.3)
+    # gpt-4.1 answers within the first call's deadline, claude-sonnet-4 after it; both are still working
+    # when the call starts waiting, so both report progress.
+    standin.faults = Faults(model_latency={"gpt-4.1": 0.2, "claude-sonnet-4": 2.0})
+    settings = settings_for(standin.base_url, tmp_path, deadline=1.0)
     heard: list[str] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:

@@ -315,7 +315,7 @@ async def test_lone_surrogates_the_host_sends_are_made_writable(standin: StandIn
             client,
             prompt='What is the weather in "Par\ud800is"?',
             instructions="be \udfff brief",
-            functions=[WEATHER],
+            functions=[{**WEATHER, "description": "Current \udc80 weather for a city"}],  # inside an SDK model
             tools=[],
         )
         assert not is_error and out["status"] == "requires_action"
@@ -328,3 +328,4 @@ async def test_lone_surrogates_the_host_sends_are_made_writable(standin: StandIn
     assert not is_error and done["status"] == "completed" and "sun\ufffdny" in text
     first = standin.requests[0]
     assert first["input"][0]["content"] == 'What is the weather in "Par\ufffdis"?' and "\ufffd" in first["instructions"]
+    assert first["tools"][0]["description"] == "Current \ufffd weather for a city"
