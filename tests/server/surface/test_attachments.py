@@ -49,6 +49,14 @@ def media(tmp_path: Path) -> Path:
     return folder
 
 
+def screen_server(tmp_path: Path) -> Path:
+    """A servers file naming the downstream fixture server "screen" (its snapshot tool and resources)."""
+    servers = tmp_path / "servers.json"
+    entry = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"], "cwd": str(REPO)}
+    servers.write_text(json.dumps({"mcpServers": {"screen": entry}}))
+    return servers
+
+
 def settings(standin: StandIn, tmp_path: Path, media: Path, **overrides: Any) -> Settings:
     return settings_for(standin.base_url, tmp_path, file_roots=str(media), **overrides)
 
@@ -175,10 +183,7 @@ async def test_a_large_image_is_scaled_down_before_it_is_sent(standin: StandIn, 
 async def test_an_image_a_downstream_tool_returns_reaches_the_next_turn(
     api: str, standin: StandIn, tmp_path: Path, media: Path
 ) -> None:
-    servers = tmp_path / "servers.json"
-    entry = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"], "cwd": str(REPO)}
-    servers.write_text(json.dumps({"mcpServers": {"screen": entry}}))
-    async with bridge_client(settings(standin, tmp_path, media, mcp_servers=servers)) as client:
+    async with bridge_client(settings(standin, tmp_path, media, mcp_servers=screen_server(tmp_path))) as client:
         out, _, _ = await respond(client, prompt="Take a snapshot", tools=["screen__snapshot"], api=api)
     assert out["status"] == "completed" and out["tool_calls"][0]["name"] == "screen__snapshot"
     assert "Received 1 image(s): image/png, " in out["text"]
@@ -203,10 +208,7 @@ async def test_the_transcript_keeps_the_size_not_the_bytes(standin: StandIn, tmp
 async def test_a_downstream_servers_resources_go_as_an_image_and_a_document(
     api: str, standin: StandIn, tmp_path: Path, media: Path
 ) -> None:
-    servers = tmp_path / "servers.json"
-    entry = {"command": sys.executable, "args": ["-m", "tests.fixtures.downstream_server"], "cwd": str(REPO)}
-    servers.write_text(json.dumps({"mcpServers": {"screen": entry}}))
-    async with bridge_client(settings(standin, tmp_path, media, mcp_servers=servers)) as client:
+    async with bridge_client(settings(standin, tmp_path, media, mcp_servers=screen_server(tmp_path))) as client:
         out, _, _ = await respond(
             client,
             prompt="Look",
