@@ -14,10 +14,10 @@ def write_growth(plots: Sequence[Plot], path: Path) -> bool:
     if not plots:
         return False
     try:
-        import matplotlib
+        import matplotlib  # pyright: ignore[reportMissingImports] -- the optional bench extra
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
     except ImportError:
         return False
     figure, axes = plt.subplots(1, len(plots), figsize=(6.4 * len(plots), 4.4), squeeze=False)
