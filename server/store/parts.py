@@ -13,13 +13,20 @@ by someone else, a history that shrank) rewrites the parts whole under a new ``g
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from server.bridge.conversation import Conversation, ToolCallTrace
 from server.upstream.model import Item
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: A part's kind, as stored: an item of the history, a tool-call trace.
 ITEM_PART, TRACE_PART = 0, 1
@@ -171,6 +178,54 @@ def cache_saved(cache: PartsCache, conv: Conversation, plan: Save) -> None:
     mark_saved(conv, plan.after)
     size = 0 if plan.rewrite else cache.size(conv.id)
     cache.put(conv, plan.after.generation, size + sum(map(len, plan.items)) + sum(map(len, plan.traces)))
+
+
+class Unreadable:
+    """Stored conversations that no longer read (rows that do not validate, parts missing): each one is
+    ignored, and logged once, naming the database ``where``."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._seen: set[str] = set()
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def parse(self, conversation_id: str, parse: Callable[[], T]) -> T | None:
+        """What ``parse`` makes of a stored row, or None (logged once) when it no longer validates."""
+        try:
+            return parse()
+        except ValidationError as exc:
+            if conversation_id not in self._seen:
+                self._seen.add(conversation_id)
+                first = exc.errors(include_url=False, include_input=False)[0]
+                logger.warning(
+                    "conversation %s in %s no longer reads as a conversation and is ignored "
+                    "(%d errors; first at %s: %s)",
+                    conversation_id,
+                    self.where,
+                    exc.error_count(),
+                    ".".join(str(part) for part in first["loc"]) or "the top",
+                    first["msg"],
+                )
+            return None
+
+    def assemble(
+        self,
+        cache: PartsCache,
+        conversation_id: str,
+        head: str,
+        saved: Saved,
+        known: Known,
+        items: list[str],
+        traces: list[str],
+    ) -> Conversation | None:
+        """``assemble``, or None (logged once) when the row does not validate or parts are missing."""
+        conv = self.parse(conversation_id, lambda: assemble(cache, conversation_id, head, saved, known, items, traces))
+        if conv is None and conversation_id not in self._seen:
+            self._seen.add(conversation_id)
+            logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.where)
+        return conv
 
 
 class PartsCache:

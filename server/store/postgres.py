@@ -24,8 +24,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
-
 from server.bridge.conversation import Conversation
 from server.errors import StoreError
 from server.logs import mask, masked_url, url_password
@@ -38,7 +36,7 @@ from server.store.parts import (
     PartsCache,
     Save,
     Saved,
-    assemble,
+    Unreadable,
     cache_saved,
     known_parts,
     plan_save,
@@ -139,7 +137,7 @@ class PostgresStore:
         self._secrets = [p for p in (url_password(url),) if p]
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._saves = 0
-        self._unreadable: set[str] = set()
+        self._unreadable = Unreadable(self.shown)
         self._cache = PartsCache()
 
     # -- connections and faults -----------------------------------------------------------------------
@@ -251,20 +249,6 @@ class PostgresStore:
 
     # -- reading ----------------------------------------------------------------------------------------
 
-    def _parse(self, conversation_id: str, parse: Callable[[], T]) -> T | None:
-        try:
-            return parse()
-        except ValidationError as exc:
-            if conversation_id not in self._unreadable:
-                self._unreadable.add(conversation_id)
-                logger.warning(
-                    "conversation %s in %s no longer reads as a conversation and is ignored (%d errors)",
-                    conversation_id,
-                    self.shown,
-                    exc.error_count(),
-                )
-            return None
-
     async def _load(
         self, conn: AsyncConnection[tuple[Any, ...]], conversation_id: str, row: tuple[Any, ...]
     ) -> Conversation | None:
@@ -281,13 +265,7 @@ class PostgresStore:
         traces: list[str] = []
         for kind, data in await cursor.fetchall():
             (items if kind == ITEM_PART else traces).append(data)
-        conv = self._parse(
-            conversation_id, lambda: assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
-        )
-        if conv is None and conversation_id not in self._unreadable:
-            self._unreadable.add(conversation_id)
-            logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.shown)
-        return conv
+        return self._unreadable.assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
 
     async def get(self, conversation_id: str) -> Stored | None:
         async def read(conn: AsyncConnection[tuple[Any, ...]]) -> Stored | None:
@@ -387,7 +365,7 @@ class PostgresStore:
             )
             infos: list[ConversationInfo] = []
             for conversation_id, status, title, data in await cursor.fetchall():
-                conv = self._parse(conversation_id, lambda data=data: Conversation.model_validate_json(data))
+                conv = self._unreadable.parse(conversation_id, lambda data=data: Conversation.model_validate_json(data))
                 if conv is not None:
                     infos.append(ConversationInfo.of(conv, row_status(status, conv), title))
             return infos

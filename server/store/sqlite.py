@@ -32,7 +32,6 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-from pydantic import ValidationError
 
 from server.bridge.conversation import Conversation
 from server.errors import StoreError
@@ -45,7 +44,7 @@ from server.store.parts import (
     PartsCache,
     Save,
     Saved,
-    assemble,
+    Unreadable,
     cache_saved,
     is_stale,
     known_parts,
@@ -134,7 +133,7 @@ class SQLiteStore:
         self._saves = 0
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
-        self._unreadable: set[str] = set()
+        self._unreadable = Unreadable(str(path))
         self._cache = PartsCache()
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -268,44 +267,19 @@ class SQLiteStore:
                 os.replace(side, Path(f"{moved}{suffix}"))
         return str(moved)
 
-    def _parse(self, conversation_id: str, parse: Callable[[], T]) -> T | None:
-        """What ``parse`` makes of a stored row, or None (logged once) when it no longer validates."""
-        try:
-            return parse()
-        except ValidationError as exc:
-            if conversation_id not in self._unreadable:
-                self._unreadable.add(conversation_id)
-                first = exc.errors(include_url=False, include_input=False)[0]
-                logger.warning(
-                    "conversation %s in %s no longer reads as a conversation and is ignored "
-                    "(%d errors; first at %s: %s)",
-                    conversation_id,
-                    self.path,
-                    exc.error_count(),
-                    ".".join(str(part) for part in first["loc"]) or "the top",
-                    first["msg"],
-                )
-            return None
-
     def _load(self, db: sqlite3.Connection, conversation_id: str, row: _HeadRow) -> Conversation | None:
         """The conversation of a head row: its head and parts, reading only the parts not cached."""
         head = Head(row[0], row[3], row[4], row[5])
         saved = head.saved
         if saved is None:  # a whole document, from an older version
-            whole = self._parse(conversation_id, lambda: Conversation.model_validate_json(head.data))
+            whole = self._unreadable.parse(conversation_id, lambda: Conversation.model_validate_json(head.data))
             if whole is not None:
                 mark_saved(whole, None)  # the next save writes it as parts
             return whole
         known = known_parts(self._cache, conversation_id, saved)
         items = self._parts(db, conversation_id, ITEM_PART, known.items_from)
         traces = self._parts(db, conversation_id, TRACE_PART, known.traces_from)
-        conv = self._parse(
-            conversation_id, lambda: assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
-        )
-        if conv is None and conversation_id not in self._unreadable:
-            self._unreadable.add(conversation_id)
-            logger.warning("conversation %s in %s has parts missing and is ignored", conversation_id, self.path)
-        return conv
+        return self._unreadable.assemble(self._cache, conversation_id, head.data, saved, known, items, traces)
 
     @staticmethod
     def _parts(db: sqlite3.Connection, conversation_id: str, kind: int, start: int) -> list[str]:
@@ -493,7 +467,7 @@ class SQLiteStore:
             infos: list[ConversationInfo] = []
             for i, status, title, data, generation in rows:
                 # Only the head is read: a row of parts (generation set) keeps its title in a column.
-                conv = self._parse(i, partial(Conversation.model_validate_json, data))
+                conv = self._unreadable.parse(i, partial(Conversation.model_validate_json, data))
                 if conv is not None:
                     infos.append(ConversationInfo.of(conv, row_status(status, conv), title if generation else None))
             return infos
