@@ -210,7 +210,7 @@ def _scaled_down(data: bytes, where: str, limits: Limits) -> tuple[bytes, str]:
     return scaled, mime
 
 
-def tool_images(result: CallToolResult, limits: Limits, budget: int) -> list[Attachment]:
+def tool_images(result: CallToolResult, budget: int) -> list[Attachment]:
     """The images a tool returned, for the model's next turn: those that sniff as images, within ``budget``
     bytes in all (the rest are named in the call's output only)."""
     found: list[Attachment] = []
@@ -222,7 +222,7 @@ def tool_images(result: CallToolResult, limits: Limits, budget: int) -> list[Att
         except (binascii.Error, ValueError):
             continue
         mime = sniff(data)
-        if mime is None or not mime.startswith("image/") or len(data) > min(limits.image_bytes, budget):
+        if mime is None or not mime.startswith("image/") or len(data) > min(MAX_IMAGE_BYTES, budget):
             continue
         budget -= len(data)
         found.append(Attachment(kind="image", mime=mime, data=base64.b64encode(data).decode("ascii"), size=len(data)))

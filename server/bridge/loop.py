@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from server.bridge.approval import NOBODY, ApprovalRequest, Verdict
-from server.bridge.attachments import MAX_TOTAL_BYTES, Limits, tool_images
+from server.bridge.attachments import MAX_TOTAL_BYTES, tool_images
 from server.bridge.conversation import Approval, Conversation, PendingCall, ToolCallTrace, TurnUsage
 from server.errors import UpstreamError
 from server.telemetry import OFF, Telemetry
@@ -163,7 +163,6 @@ class Loop:
     #: Images the tools of this turn returned, and the bytes of images the run may still send.
     _tool_images: list[Attachment] = field(default_factory=list[Attachment])
     _images_left: int = MAX_TOTAL_BYTES
-    _image_limits: Limits = field(default_factory=lambda: Limits(roots=()))
     _last_said: float = field(default_factory=time.perf_counter)
 
     async def _say(self, message: str) -> None:
@@ -398,7 +397,7 @@ class Loop:
                         result = await offered.tool.call(arguments, self.limits.call_timeout * 0.95)
                     output = result_to_output(result, self.limits.output_chars)
                     if result.content and self._images_left > 0:  # images go to the model after the outputs
-                        shown = tool_images(result, self._image_limits, self._images_left)
+                        shown = tool_images(result, self._images_left)
                         self._images_left -= sum(a.size for a in shown)
                         self._tool_images += shown
                     ok = not result.is_error

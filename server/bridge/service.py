@@ -224,16 +224,16 @@ class Bridge:
                 group_conv = await self._start_group(request, attached)
             else:
                 group_conv = await self._group_of(request, attached)
-            group = group_conv.group
-            assert group is not None
-            answers = await self._wait_members(group, waiter, deadline)
+            assert group_conv.group is not None
+            answers = await self._wait_members(group_conv.group, waiter, deadline)
             synthesis: RespondResult | None = None
-            if group.synthesize and panel.settled(answers) and panel.answered(answers):
+            if group_conv.group.synthesize and panel.settled(answers) and panel.answered(answers):
                 left = max(0.0, ends - time.monotonic())
-                synthesis = await self._synthesis(group_conv, answers, waiter, left)
+                synthesis = await self._synthesis(group_conv, answers, waiter, left)  # may replace .group
         except StoreError as exc:
             raise ToolError(str(exc)) from exc
-        return panel.group_result(group_conv.id, group_conv.group or group, answers, synthesis)
+        assert group_conv.group is not None
+        return panel.group_result(group_conv.id, group_conv.group, answers, synthesis)
 
     async def _start_group(self, request: RespondRequest, attached: list[Attachment]) -> Conversation:
         if request.model is not None:
@@ -334,10 +334,7 @@ class Bridge:
             assert member.conversation_id is not None
             told = waiter.labelled(member.model)
             try:
-                job = await self._continue(
-                    member.conversation_id, RespondRequest(conversation_id=member.conversation_id)
-                )
-                result = await self._wait(job, told, deadline)
+                result = await self._wait_for(member.conversation_id, told, deadline)
             except (ToolError, StoreError) as exc:  # expired, or a database fault: this member's, not the group's
                 result = _missing(member.conversation_id, str(exc))
             answers[n] = ModelAnswer.of_member(result, member.model)
@@ -358,14 +355,12 @@ class Bridge:
             return await self._wait(running, told, deadline)
         claimed = await self.store.claim(group_id, self.jobs.owner, self.jobs.lease)
         if claimed is None:  # another process is writing it
-            job = await self._continue(group_id, RespondRequest(conversation_id=group_id))
-            return await self._wait(job, told, deadline)
+            return await self._wait_for(group_id, told, deadline)
         group = claimed.group
         assert group is not None
         if group.synthesized >= len(group.prompts):  # started before: report it (or resume it, if interrupted)
             await self.store.release(group_id, self.jobs.owner)
-            job = await self._continue(group_id, RespondRequest(conversation_id=group_id))
-            return await self._wait(job, told, deadline)
+            return await self._wait_for(group_id, told, deadline)
         try:
             done = panel.answered(answers)
             prompt, group.seen_as = panel.synthesis_prompt(
@@ -407,6 +402,11 @@ class Bridge:
             telemetry=self.telemetry,
             approve=job.approve,
         )
+
+    async def _wait_for(self, conversation_id: str, waiter: Waiter, deadline: float) -> RespondResult:
+        """Where a conversation stands, waiting up to ``deadline`` if it runs (here, or resumed if interrupted)."""
+        job = await self._continue(conversation_id, RespondRequest(conversation_id=conversation_id))
+        return await self._wait(job, waiter, deadline)
 
     async def _wait(self, job: Job, waiter: Waiter, deadline: float) -> RespondResult:
         job.listener, job.approver = waiter.progress, waiter.approver

@@ -164,7 +164,7 @@ def fit_group(
     if size(result) <= budget or not answers:
         return fit(result, budget, render, reads)
     base = result.model_copy(update={"answers": []})
-    head = fit(base, budget // 2, render, reads) if size(base) > budget // 2 else base
+    head = fit(base, budget // 2, render, reads)
     room = max(budget - size(head), 0)
     shares = fair_shares([size(a) for a in answers], room)
     fitted = [fit(a, share, render, reads) for a, share in zip(answers, shares, strict=True)]

@@ -141,11 +141,7 @@ def render(result: RespondResult) -> str:
     elif result.status == "requires_action":
         lines.append("The model asked for these function calls:")
     lines += [f"- {p.call_id}: {p.name}({json.dumps(p.arguments, ensure_ascii=False)})" for p in result.pending_calls]
-    if result.error:
-        lines.append(f"Error: {result.error}")
-    if result.next:
-        lines.append(f"Next: {result.next}")
-    lines += [f"Note: {n}" for n in result.notes]
+    lines += _what_next(result)
     body = "\n".join(lines)
     summary = _summary(result)
     return f"{body}\n\n{summary}" if body else summary
@@ -159,13 +155,7 @@ def _render_group(result: RespondResult) -> str:
     for answer in result.answers or []:
         took = f" · {answer.seconds:.1f} s" if answer.seconds is not None else ""
         blocks.append(f"## {answer.asked}{took}\n{render(answer)}")
-    tail: list[str] = []
-    if result.error:
-        tail.append(f"Error: {result.error}")
-    if result.next:
-        tail.append(f"Next: {result.next}")
-    tail += [f"Note: {n}" for n in result.notes]
-    if tail:
+    if tail := _what_next(result):
         blocks.append("\n".join(tail))
     usage = result.usage
     took = f" · {result.seconds:.1f} s" if result.seconds is not None else ""
@@ -174,6 +164,14 @@ def _render_group(result: RespondResult) -> str:
         f"out {usage.output_tokens}{_cost(result)} · {result.conversation_id}]"
     )
     return "\n\n".join(blocks)
+
+
+def _what_next(result: RespondResult) -> list[str]:
+    """The error, what to do next, and the notes, one line each."""
+    lines = [f"Error: {result.error}"] if result.error else []
+    if result.next:
+        lines.append(f"Next: {result.next}")
+    return lines + [f"Note: {n}" for n in result.notes]
 
 
 def _summary(result: RespondResult) -> str:
