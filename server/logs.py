@@ -40,13 +40,17 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+#: A libpq ``key=value`` string's password: the setting, its value (quoted or not), the quoted value's inside.
+_PASSWORD = re.compile(r"(password\s*=\s*)('([^']*)'|\S+)")
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (URL or ``key=value`` form)."""
     parts = urlsplit(url)
     if parts.scheme and parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
         return urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+    return _PASSWORD.sub(r"\1***", url)
 
 
 def url_password(url: str) -> str | None:
@@ -54,8 +58,8 @@ def url_password(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme and parts.password:
         return parts.password
-    match = re.search(r"password\s*=\s*('([^']*)'|\S+)", url)
-    return (match.group(2) or match.group(1)) if match else None
+    match = _PASSWORD.search(url)
+    return (match.group(3) or match.group(2)) if match else None
 
 
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:

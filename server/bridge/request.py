@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from server.bridge.conversation import (
     Conversation,
@@ -41,8 +41,11 @@ class RespondRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _writable(cls, data: Any) -> Any:
-        """Lone surrogates (valid JSON escapes, unwritable as UTF-8) replaced in every string the host sent."""
+    def _writable(cls, data: Any, info: ValidationInfo) -> Any:
+        """Lone surrogates (valid JSON escapes, unwritable as UTF-8) replaced in every string the host sent,
+        unless the caller has just found there are none (``context={"writable": True}``)."""
+        if info.context and info.context.get("writable"):
+            return data
         return scrub_json(data)
 
     prompt: str | None = Field(default=None, description="Required for a new conversation.")

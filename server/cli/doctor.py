@@ -18,7 +18,7 @@ import httpx
 
 from server import errors
 from server.config import Settings
-from server.logs import mask
+from server.logs import mask, masked_url
 from server.toolsets.hub import Hub, load_hub_config
 from server.upstream.chat import ChatClient, ChatModel
 from server.upstream.gateway import RetryPolicy, route_not_served
@@ -106,7 +106,8 @@ class Doctor:
         from server.surface.app import open_store
 
         store = open_store(self.settings)
-        where: str = getattr(store, "shown", None) or str(self.settings.database)
+        url = self.settings.db_url
+        where = masked_url(url.get_secret_value()) if url is not None else str(self.settings.database)
         try:
             count = await store.count()
         except errors.StoreError as exc:

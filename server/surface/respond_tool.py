@@ -66,7 +66,7 @@ def _handler(settings: Settings) -> Callable[..., Coroutine[Any, Any, CallToolRe
         # always they hold no lone surrogate, and are taken as they are; else back to plain JSON first, so
         # RespondRequest's validation sees, and makes writable, every string in them.
         if is_writable(arguments):
-            request = RespondRequest.model_validate(arguments)
+            request = RespondRequest.model_validate(arguments, context={"writable": True})
         else:
             request = RespondRequest.model_validate(to_jsonable_python(arguments, by_alias=True))
         host = Host.of(client_name(ctx))
