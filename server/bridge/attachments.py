@@ -56,6 +56,10 @@ class Limits:
     total_bytes: int = MAX_TOTAL_BYTES
     count: int = MAX_COUNT
 
+    def read_bound(self, kind: str) -> int:
+        """The most bytes read of one entry: an image may be up to 8 times the limit, to be scaled down."""
+        return self.image_bytes * 8 if kind == "image" else self.file_bytes
+
     @classmethod
     def of(cls, roots: Sequence[Path] | None) -> Limits:
         chosen = list(roots) if roots else [Path.home(), Path.cwd()]
@@ -108,7 +112,7 @@ def _one(entry: str, kind: str, limits: Limits) -> Attachment:
     if "://" in entry[:12]:
         raise ToolError(f"{shown}: only local paths, https:// URLs and data: URIs are accepted")
     path = _inside_roots(entry, limits)
-    limit = limits.image_bytes * 8 if kind == "image" else limits.file_bytes  # an image may be scaled down
+    limit = limits.read_bound(kind)
     try:
         size = path.stat().st_size
         if size > limit:
@@ -137,7 +141,7 @@ def _data_uri(entry: str, kind: str, limits: Limits) -> bytes:
     header, sep, payload = entry.partition(",")
     if not sep or not header.endswith(";base64"):
         raise ToolError("a data: URI must be data:<type>;base64,<data>")
-    limit = limits.image_bytes * 8 if kind == "image" else limits.file_bytes
+    limit = limits.read_bound(kind)
     if len(payload) * 3 // 4 > limit:
         raise ToolError(f"a data: URI of about {_mb(len(payload) * 3 // 4)} is too large (at most {_mb(limit)})")
     try:

@@ -36,7 +36,7 @@ def new_group_id() -> str:
 
 
 def is_group(conversation_id: str | None) -> bool:
-    return bool(conversation_id) and conversation_id.startswith(GROUP_PREFIX)  # type: ignore[union-attr]
+    return conversation_id is not None and conversation_id.startswith(GROUP_PREFIX)
 
 
 def plan_members(models: Sequence[str]) -> list[Member]:
@@ -52,12 +52,9 @@ def plan_members(models: Sequence[str]) -> list[Member]:
     return members
 
 
-def member_request(request: RespondRequest, model: str | None) -> RespondRequest:
+def member_request(request: RespondRequest, model: str) -> RespondRequest:
     """What one member is sent: the group's request, for that model alone."""
-    update: dict[str, object] = {"models": None, "synthesize": None, "conversation_id": None}
-    if model is not None:
-        update["model"] = model
-    return request.model_copy(update=update)
+    return request.model_copy(update={"models": None, "synthesize": None, "conversation_id": None, "model": model})
 
 
 def follow_up(request: RespondRequest, conversation_id: str) -> RespondRequest:
