@@ -6,11 +6,12 @@ import io
 import os
 import sys
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
 
-from server.transports.stdio import MAX_MESSAGE_BYTES, StdinLines, StdoutWriter
+from server.transports.stdio import MAX_MESSAGE_BYTES, BlockingWriter, StdinLines, StdinPipe, StdoutWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,6 @@ async def test_stdout_writer_waits_for_a_full_pipe_and_loses_nothing() -> None:
     with anyio.fail_after(20):
         await writer.write(message)
         await writer.write("second\n")
-        await writer.flush()
     os.close(write_fd)
     reader.join(10)
     assert received.decode() == message + "second\n"
@@ -44,3 +44,57 @@ async def test_stdin_lines_yields_lines_and_drops_oversized_ones() -> None:
     with anyio.fail_after(20):
         lines = [line async for line in StdinLines(source)]
     assert lines == ['{"a": 1}\n', '{"b": 2}\n', '{"c": 3}']
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+async def test_stdin_pipe_yields_lines_as_they_come_and_drops_oversized_ones() -> None:
+    read_fd, write_fd = os.pipe()
+    oversized = b"y" * (MAX_MESSAGE_BYTES + 10) + b"\n"
+    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", oversized, "{\"é\": 3}\n".encode(), b"\xff\n", b'{"c": 4}']
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as pipe:
+            for chunk in chunks:
+                pipe.write(chunk)
+                pipe.flush()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        with anyio.fail_after(20):
+            lines = [line async for line in StdinPipe(read_fd)]
+    finally:
+        feeder.join(10)
+        os.close(read_fd)
+    assert lines == ['{"a": 1}\n', '{"b": 2}\n', '{"é": 3}\n', "\ufffd\n", '{"c": 4}']
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+async def test_stdin_pipe_hands_on_a_line_before_the_next_arrives() -> None:
+    read_fd, write_fd = os.pipe()
+    lines = StdinPipe(read_fd)
+    try:
+        with anyio.fail_after(10):
+            os.write(write_fd, b"first\n")
+            assert await anext(lines) == "first\n"  # the pipe stays open: no waiting for more
+            os.write(write_fd, b"second\n")
+            assert await anext(lines) == "second\n"
+            os.close(write_fd)
+            with pytest.raises(StopAsyncIteration):
+                await anext(lines)
+    finally:
+        os.close(read_fd)
+
+
+async def test_blocking_writer_writes_whole_messages_to_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "wire.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        writer = BlockingWriter(fd)
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(writer.write, f"{n:02d}" * 5000 + "\n")
+    finally:
+        os.close(fd)
+    lines = path.read_text().splitlines()
+    assert sorted(lines) == [f"{n:02d}" * 5000 for n in range(20)]  # none torn or interleaved
