@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from server.bridge.conversation import Conversation, Options
@@ -210,6 +211,41 @@ async def test_a_row_that_no_longer_reads_as_a_conversation_hides_only_itself(
     assert any(wrong_shape.id in m and str(path) in m for m in logged)
     assert any(not_json.id in m for m in logged)
     assert await store.claim(good.id, "me", 30) is not None
+    await store.aclose()
+
+
+async def test_a_lock_held_briefly_elsewhere_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = SQLiteStore(path, timeout=5)
+    saved = conv("waits its turn")
+    await store.put(saved)  # on the loop: nothing held it up
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    ticks = 0
+    async with anyio.create_task_group() as tg:
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async def let_go() -> None:
+            await anyio.sleep(0.3)
+            other.execute("ROLLBACK")
+
+        tg.start_soon(tick)
+        tg.start_soon(let_go)
+        started = time.monotonic()
+        saved.text = "after the wait"
+        assert await store.put(saved)
+        waited = time.monotonic() - started
+        tg.cancel_scope.cancel()
+    other.close()
+    assert 0.25 <= waited < 4
+    assert ticks >= 10  # the loop ran on while the save waited for the lock
+    stored = await store.get(saved.id)
+    assert stored is not None and stored.conversation.text == "after the wait"
     await store.aclose()
 
 
