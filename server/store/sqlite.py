@@ -119,7 +119,8 @@ class SQLiteStore:
 
     Opens the file on first use and runs one query at a time: on the event loop where it need not
     wait, else on a worker thread. Waits up to ``timeout`` seconds for a lock another process holds.
-    Raises ``StoreError`` for every failure of the database; ``notice`` is set (and stays set) once a corrupt file has been moved aside.
+    Raises ``StoreError`` for every failure of the database; ``notice`` is set (and stays set) once a
+    corrupt file has been moved aside.
     """
 
     def __init__(

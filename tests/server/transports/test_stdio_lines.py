@@ -50,7 +50,7 @@ async def test_stdin_lines_yields_lines_and_drops_oversized_ones() -> None:
 async def test_stdin_pipe_yields_lines_as_they_come_and_drops_oversized_ones() -> None:
     read_fd, write_fd = os.pipe()
     oversized = b"y" * (MAX_MESSAGE_BYTES + 10) + b"\n"
-    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", oversized, "{\"é\": 3}\n".encode(), b"\xff\n", b'{"c": 4}']
+    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", oversized, '{"é": 3}\n'.encode(), b"\xff\n", b'{"c": 4}']
 
     def feed() -> None:
         with os.fdopen(write_fd, "wb") as pipe:
