@@ -104,7 +104,13 @@ class FunctionDefinition(BaseModel):
 
 
 class Options(BaseModel):
-    """The settings a conversation runs under: model, instructions, offered tools and functions, and limits."""
+    """The settings a conversation runs under: model, instructions, offered tools and functions, and limits.
+
+    Frozen: a change makes a new object (``model_copy(update=...)``), so what is made of one (its JSON
+    in a stored head) can be kept while the conversation holds it.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     model: str
     instructions: str | None = None
@@ -193,6 +199,8 @@ class Conversation(BaseModel):
     #: How much of this conversation its store holds (``server.store.parts.Saved``): the store's
     #: bookkeeping, so that a save writes only what was added since.
     _saved: object = PrivateAttr(default=None)
+    #: ``options`` and its JSON, kept by the store for the next save of the head (``options`` is frozen).
+    _options_json: tuple[Options, str] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _api_of_older_versions(self) -> Conversation:

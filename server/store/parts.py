@@ -32,6 +32,7 @@ T = TypeVar("T")
 ITEM_PART, TRACE_PART = 0, 1
 #: The fields kept as parts, not in the head.
 PART_FIELDS = frozenset({"items", "tool_calls"})
+_NOT_IN_HEAD = {*PART_FIELDS, "options"}  # the options go in first, as ``head_json`` keeps them
 ITEMS = TypeAdapter(list[Item])
 TRACES = TypeAdapter(list[ToolCallTrace])
 
@@ -60,7 +61,14 @@ class Save:
 
 
 def head_json(conv: Conversation) -> str:
-    return conv.model_dump_json(exclude=set(PART_FIELDS))
+    """The conversation without its parts. Its options (which may hold a thousand function schemas)
+    are written once per ``Options`` object, not on every save."""
+    kept = conv._options_json  # noqa: SLF001  # pyright: ignore[reportPrivateUsage] -- the store's bookkeeping
+    if kept is None or kept[0] is not conv.options:
+        kept = (conv.options, conv.options.model_dump_json())
+        conv._options_json = kept  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
+    rest = conv.model_dump_json(exclude=_NOT_IN_HEAD)
+    return '{"options":' + kept[1] + ("," + rest[1:] if rest != "{}" else "}")
 
 
 def plan_save(conv: Conversation, stored: Saved | None) -> Save:
