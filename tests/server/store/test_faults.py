@@ -221,7 +221,7 @@ async def test_a_lock_held_briefly_elsewhere_is_waited_for_off_the_event_loop(tm
     await store.put(saved)  # on the loop: nothing held it up
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")
-    ticks = 0
+    ticks, waited = 0, 0.0
     async with anyio.create_task_group() as tg:
 
         async def tick() -> None:
