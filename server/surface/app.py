@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+import sys
+from collections.abc import AsyncGenerator, Callable, Generator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,20 +173,43 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
     return lifespan
 
 
+def _no_logging_setup(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+@contextmanager
+def _logging_already_set() -> Generator[None]:
+    """While building an ``MCPServer`` whose process has its logging set (``server.logs``), skip the SDK's
+    ``configure_logging``: it imports rich (12-20 ms of start-up, where rich is installed) only to hand a
+    handler to ``logging.basicConfig``, which does nothing at all once the root logger has handlers.
+    mcp 2.3.0 calls it from ``MCPServer.__init__`` with no way to opt out; re-check on SDK upgrades."""
+    sdk = sys.modules.get("mcp.server.mcpserver.server")
+    original = getattr(sdk, "configure_logging", None)
+    if sdk is None or original is None or not logging.getLogger().handlers:
+        yield
+        return
+    sdk.configure_logging = _no_logging_setup  # pyright: ignore[reportAttributeAccessIssue]
+    try:
+        yield
+    finally:
+        sdk.configure_logging = original  # pyright: ignore[reportAttributeAccessIssue]
+
+
 def build_server(settings: Settings) -> MCPServer[AppState]:
     proxy = [ProxyMiddleware(settings.tool_timeout)] if settings.proxy else []
     # Outermost first: the lean listing sees the tools proxy mode adds, and leans them too.
     middleware = [LeanMiddleware(), RecentConversations(), *proxy]
-    server: MCPServer[AppState] = MCPServer(
-        "key4u-mcp",
-        title="Key4U MCP bridge",
-        version=__version__,
-        instructions=INSTRUCTIONS,
-        website_url="https://api.key4u.shop",
-        log_level=settings.log_level,
-        lifespan=_lifespan(settings),
-        middleware=middleware,
-    )
+    with _logging_already_set():
+        server: MCPServer[AppState] = MCPServer(
+            "key4u-mcp",
+            title="Key4U MCP bridge",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            website_url="https://api.key4u.shop",
+            log_level=settings.log_level,
+            lifespan=_lifespan(settings),
+            middleware=middleware,
+        )
     register_local_tools(server)
     register_respond(server, settings)
     register_models(server, settings)

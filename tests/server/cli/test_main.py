@@ -157,3 +157,22 @@ def test_config_prints_each_hosts_snippet_with_this_installations_path(host: str
         words = out.split()
         assert words[:3] == ["claude", "mcp", "add"] if host == "claude-code" else words[:2] == ["gemini", "mcp"]
         assert any(Path(w).name == "key4u-mcp" and Path(w).exists() for w in words)
+
+
+def test_serving_leaves_the_sdks_logging_setup_out_and_logs_through_ours() -> None:
+    """The SDK's logging setup imports rich only to hand basicConfig a handler it ignores once ours is set:
+    building the server skips it, and the server's log lines still go out through our handler."""
+    code = (
+        "import logging, sys\n"
+        "from server.logs import configure_logging\n"
+        "from server.config import Settings\n"
+        "from server.surface.app import build_server\n"
+        "configure_logging('INFO')\n"
+        "build_server(Settings())\n"
+        "import mcp.server.mcpserver.server as sdk\n"
+        "logging.getLogger('server.check').info('still logging')\n"
+        "print('rich' in sys.modules, sdk.configure_logging.__module__, len(logging.getLogger().handlers))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["False", "mcp.server.mcpserver.utilities.logging", "1"]
+    assert "server.check: still logging" in done.stderr
