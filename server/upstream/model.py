@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from server.upstream.jsonvalues import is_array, is_object
 from server.upstream.translation import FunctionSpec
+
+T = TypeVar("T")
 
 ApiStyle = Literal["responses", "chat"]
 Effort = Literal["minimal", "low", "medium", "high"]
@@ -43,7 +45,24 @@ class Attachment(BaseModel):
         return self.url if self.url is not None else f"data:{self.mime};base64,{self.data or ''}"
 
 
-class Message(BaseModel):
+class _HistoryItem(BaseModel):
+    """An item of a conversation's history. Frozen (a change is a new item), so what an adapter makes of it
+    for the wire is made once and kept with it: a conversation continued a hundred times replays its
+    early items a hundred times."""
+
+    model_config = ConfigDict(frozen=True)
+    _wire: tuple[str, Any] | None = PrivateAttr(default=None)
+
+    def wire_form(self, api: str, make: Callable[[Any], T]) -> T:
+        """``make(self)``, made once per ``api`` (the last one asked), kept for the next request. What it
+        returns is shared by every request that replays the item: never changed in place."""
+        kept = self._wire
+        if kept is None or kept[0] != api:
+            kept = self._wire = (api, make(self))
+        return kept[1]
+
+
+class Message(_HistoryItem):
     """A user prompt or an assistant's text; a user message may carry images and documents."""
 
     type: Literal["message"] = "message"
@@ -66,7 +85,7 @@ class Message(BaseModel):
         return {"type": "message", "role": data.get("role", "user"), "text": text}
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(_HistoryItem):
     """A call the model asked for: the function's API name and its arguments as the model wrote them."""
 
     type: Literal["function_call"] = "function_call"
@@ -77,7 +96,7 @@ class FunctionCall(BaseModel):
     """The Responses item id, sent back in a replay where the wire has one."""
 
 
-class FunctionOutput(BaseModel):
+class FunctionOutput(_HistoryItem):
     """The output of one call, as the model will read it."""
 
     type: Literal["function_call_output"] = "function_call_output"
@@ -85,7 +104,7 @@ class FunctionOutput(BaseModel):
     output: str
 
 
-class Reasoning(BaseModel):
+class Reasoning(_HistoryItem):
     """A reasoning item: opaque, replayed only by the adapter that received it (Responses, encrypted)."""
 
     type: Literal["reasoning"] = "reasoning"

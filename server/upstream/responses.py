@@ -218,7 +218,11 @@ def function_tool(spec: FunctionSpec) -> dict[str, Any]:
 
 
 def wire_item(item: Item) -> dict[str, Any] | None:
-    """How a neutral item is sent as Responses input, or None to leave it out."""
+    """How a neutral item is sent as Responses input, or None to leave it out; made once per item."""
+    return item.wire_form("responses", _wire_item)
+
+
+def _wire_item(item: Item) -> dict[str, Any] | None:
     if isinstance(item, Message):
         if item.role == "user":
             if item.attachments:
