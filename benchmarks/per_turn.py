@@ -9,15 +9,18 @@ order of the columns rotates from one repeat to the next, so that none always ru
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from mcp import Client
 
 from benchmarks.common import (
+    REPO,
     Plot,
     Row,
     Spread,
@@ -312,12 +315,52 @@ def caller_functions(count: int) -> list[dict[str, Any]]:
 
 
 async def tools(tmp: Path, repeats: int = 15) -> list[Row]:
-    """One turn offering 5, 100 and 1,000 caller functions: added ms against the direct POST of the same body,
-    and against 5 functions."""
+    """One turn offering 5, 100 and 1,000 tools: caller functions (sent with every call, as a host sends
+    them) and a downstream server's tools (listed once); added ms against the direct POST of the same
+    body, and against 5 tools."""
+    return [*await _many_tools(tmp, repeats, downstream=False), *await _many_tools(tmp, repeats, downstream=True)]
+
+
+def _servers_file(tmp: Path) -> Path:
+    """A servers file of one downstream server per count in ``TOOL_COUNTS`` (``m<N>``, with N tools)."""
+    path = tmp / "many_tools_servers.json"
+    servers = {
+        f"m{n}": {
+            "command": sys.executable,
+            "cwd": str(REPO),
+            "args": ["-m", "benchmarks.many_tools_server"],
+            "env": {"BENCH_TOOLS": str(n)},
+        }
+        for n in TOOL_COUNTS
+    }
+    path.write_text(json.dumps({"mcpServers": servers}))
+    return path
+
+
+async def _until_listed(client: Client, arguments: dict[str, Any]) -> None:
+    """Wait for the downstream servers to start and list their tools (the hub starts them in the background)."""
+    with anyio.fail_after(120):
+        while (await client.call_tool("key4u_respond", arguments)).is_error:
+            await anyio.sleep(0.2)
+
+
+async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]:
+    kind = "downstream tools" if downstream else "caller functions"
     async with controlled_standin() as standin:
-        env = bridge_env(standin.base_url, tmp, KEY4U_API_STYLE="responses", KEY4U_DB_PATH=str(tmp / "tools.sqlite3"))
+        extra = {"KEY4U_MCP_SERVERS": str(_servers_file(tmp))} if downstream else {}
+        db = tmp / f"tools-{'downstream' if downstream else 'caller'}.sqlite3"
+        env = bridge_env(standin.base_url, tmp, KEY4U_API_STYLE="responses", KEY4U_DB_PATH=str(db), **extra)
         async with stdio_bridge(env) as (ours, _), httpx.AsyncClient() as http:
-            requests = {n: {"prompt": "hello", "tools": [], "functions": caller_functions(n)} for n in TOOL_COUNTS}
+            requests = {
+                n: (
+                    {"prompt": "hello", "tools": [f"m{n}__lookup_{i:04d}" for i in range(n)]}
+                    if downstream
+                    else {"prompt": "hello", "tools": [], "functions": caller_functions(n)}
+                )
+                for n in TOOL_COUNTS
+            }
+            if downstream:
+                await _until_listed(ours, requests[TOOL_COUNTS[-1]])
             bodies: dict[int, list[dict[str, Any]]] = {}
             for n in TOOL_COUNTS:
                 for _ in range(3):  # warm up
@@ -346,8 +389,8 @@ async def tools(tmp: Path, repeats: int = 15) -> list[Row]:
     rows: list[Row] = []
     xs = [float(n) for n in TOOL_COUNTS]
     plot = Plot(
-        "One turn offering N caller functions",
-        "functions offered",
+        f"One turn offering N {kind}",
+        f"{kind} offered",
         "ms per turn",
         {
             "key4u added (− direct POST of the same body)": _points(xs, [added[n] for n in TOOL_COUNTS]),
@@ -356,6 +399,11 @@ async def tools(tmp: Path, repeats: int = 15) -> list[Row]:
             ),
             "direct POST of the same body": _points(xs, [directs[n] for n in TOOL_COUNTS]),
         },
+    )
+    how = (
+        "a downstream server's tools, listed once and named in each call's tools argument"
+        if downstream
+        else "the functions sent with every call, as a host sends them"
     )
     for n in TOOL_COUNTS:
         a = spread(added[n])
@@ -366,18 +414,18 @@ async def tools(tmp: Path, repeats: int = 15) -> list[Row]:
         top = n == TOOL_COUNTS[-1]
         rows.append(
             Row(
-                f"Tools: one turn offering {n:,} caller functions, key4u_respond − direct POST of the same body",
+                f"Tools: one turn offering {n:,} {kind}, key4u_respond − direct POST of the same body",
                 f"{a.fmt()} added per turn",
                 "≤ 10 ms added per turn" if top else "n/a (the curve to 1,000)",
                 a.median <= 10.0 if top else None,
                 (
-                    f"against {base} functions, paired: added {versus_base.fmt()}, wall {wall_versus_base.fmt()}; "
+                    f"against {base}, paired: added {versus_base.fmt()}, wall {wall_versus_base.fmt()}; "
                     if n != base
                     else ""
                 )
                 + f"key4u {spread(walls[n]).fmt()}; direct POST {spread(directs[n]).fmt()}; "
-                f"upstream body {body_kib:.0f} KiB, "
-                f"key4u_respond arguments {request_kib:.0f} KiB; a new conversation each call, as a host sends it",
+                f"upstream body {body_kib:.0f} KiB, key4u_respond arguments {request_kib:.0f} KiB; {how}; "
+                "a new conversation each call",
                 plot if top else None,
             )
         )
