@@ -49,6 +49,11 @@ class Job:
 
     #: A form is open in the host: the waiting caller stays past its deadline until the person answers.
     asking: bool = False
+    #: Whether the store holds the conversation yet. A new one is written (claimed) only once its id is
+    #: about to be seen while it runs, or at its first renewal; a run that ends sooner is written once.
+    stored: bool = True
+    #: Held while the job writes its conversation, so that the first write and the last never cross.
+    writing: anyio.Lock = field(default_factory=anyio.Lock)
 
     async def approve(self, request: ApprovalRequest) -> Verdict:
         approver = self.approver
@@ -81,6 +86,9 @@ class Jobs:
         self.owner = owner
         self.lease = lease
         self.running: dict[str, Job] = {}
+        #: Whether the store's last write went through: until it has, and after one fails, a new
+        #: conversation is written before anything is sent (so nothing is spent on one it cannot keep).
+        self.store_ok = False
 
     @staticmethod
     def finished(conv: Conversation) -> Job:
@@ -89,9 +97,10 @@ class Jobs:
         job.done.set()
         return job
 
-    def start(self, conv: Conversation, make_loop: Callable[[Job], Loop]) -> Job:
-        """Run ``conv`` (already claimed by this process and saved as running) in the background."""
-        job = Job(conv)
+    def start(self, conv: Conversation, make_loop: Callable[[Job], Loop], *, stored: bool = True) -> Job:
+        """Run ``conv`` in the background: already claimed by this process and saved as running, or, if
+        not ``stored``, a new conversation nobody else knows of yet (``store_now`` writes it)."""
+        job = Job(conv, stored=stored)
         self.running[conv.id] = job
         loop = make_loop(job)
         self.task_group.start_soon(self._run, job, loop, name=f"conversation:{conv.id}")
@@ -120,8 +129,11 @@ class Jobs:
             conv.run_seconds = round(time.perf_counter() - started, 3)
             with anyio.move_on_after(_SAVE_BOUND, shield=True) as bounded:
                 try:
-                    await self._save_and_release(conv)
+                    async with job.writing:
+                        await self._save_and_release(conv)
+                        job.stored = self.store_ok = True
                 except Exception as exc:  # the caller still gets the result, told it was not kept
+                    self.store_ok = False
                     logger.exception("conversation %s: the final save failed", conv.id)
                     conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
             if bounded.cancelled_caught:
@@ -144,10 +156,25 @@ class Jobs:
                 "after that was not saved; call key4u_respond with its conversation_id to see where it stands"
             )
 
+    async def store_now(self, job: Job) -> None:
+        """Write a running job's new conversation, claimed, if the store does not hold it yet: before its
+        id is seen (another process may then be asked to continue it). Raises ``StoreError``."""
+        async with job.writing:
+            if not job.stored and not job.done.is_set():
+                try:
+                    await self.store.create(job.conversation, self.owner, self.lease)
+                except BaseException:
+                    self.store_ok = False
+                    raise
+                job.stored = True
+
     async def _keep_claim(self, job: Job) -> None:
         while True:
             await anyio.sleep(self.lease / 3)
             try:
+                if not job.stored:
+                    await self.store_now(job)  # a long run: written, claimed, as the lease would have it
+                    continue
                 kept = await self.store.renew(job.conversation.id, self.owner, self.lease)
             except StoreError as exc:  # a passing database fault: the work goes on, the next renewal retries
                 logger.warning("conversation %s: could not renew its claim: %s", job.conversation.id, exc)

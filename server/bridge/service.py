@@ -110,7 +110,7 @@ class Bridge:
             if request.conversation_id:
                 job = await self._continue(request.conversation_id, request, attached)
             else:
-                job = await self._start_new(request, attached)
+                job = await self._start_new(request, attached, stored=not self.jobs.store_ok)
         except StoreError as exc:  # the database is unusable: say which file and what to do
             raise ToolError(str(exc)) from exc
         return await self._wait(job, waiter, deadline or self.settings.deadline)
@@ -147,7 +147,12 @@ class Bridge:
         encoded = base64.b64encode(content.text.encode("utf-8", "replace")).decode("ascii")
         return f"data:text/plain;base64,{encoded}"
 
-    async def _start_new(self, request: RespondRequest, attached: list[Attachment] | None = None) -> Job:
+    async def _start_new(
+        self, request: RespondRequest, attached: list[Attachment] | None = None, *, stored: bool = True
+    ) -> Job:
+        """Start a new conversation. It is written (claimed) at once if ``stored``; else not before its id is
+        seen while it runs (``_wait``), so that a run that ends within the call is written once, at its end
+        (0.2 ms less per call on SQLite, a round trip less on PostgreSQL)."""
         if not request.prompt:
             raise ToolError("prompt is required unless conversation_id is given")
         if request.function_outputs:
@@ -162,8 +167,14 @@ class Bridge:
         # RespondRequest made the prompt writable
         conv.items.append(Message(role="user", text=request.prompt, attachments=list(attached or [])))
         self._begin(conv)
-        await self.store.create(conv, self.jobs.owner, self.jobs.lease)
-        return self.jobs.start(conv, lambda job: self._loop(offer, job))
+        if stored:
+            try:
+                await self.store.create(conv, self.jobs.owner, self.jobs.lease)
+            except BaseException:
+                self.jobs.store_ok = False
+                raise
+            self.jobs.store_ok = True
+        return self.jobs.start(conv, lambda job: self._loop(offer, job), stored=stored)
 
     async def _continue(
         self, conversation_id: str, request: RespondRequest, attached: list[Attachment] | None = None
@@ -428,7 +439,14 @@ class Bridge:
             conv.notes.append(self.store.notice)
             self._told_notice = True
         if not job.done.is_set():
-            conv = still_running(conv, deadline)
+            unsaved = None
+            try:
+                await self.jobs.store_now(job)  # its id is about to be seen: another process may be asked for it
+            except StoreError as exc:
+                unsaved = f"not saved yet, so only this server process can continue it: {exc}"
+            conv = still_running(conv, deadline)  # a copy
+            if unsaved is not None:
+                conv.notes.append(unsaved)
         return RespondResult.of(conv, self.settings.secrets())
 
     async def aclose(self) -> None:

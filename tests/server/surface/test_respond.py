@@ -11,8 +11,11 @@ import anyio
 import pytest
 from mcp import Client
 
+from server.bridge.conversation import Conversation
 from server.cli.demo import KEY4U_PROMPT
 from server.standin import LABEL, Faults, StandIn
+from server.store.base import Stored
+from server.store.sqlite import SQLiteStore
 from tests.conftest import FAKE_KEY
 from tests.helpers import LOCAL_TOOLS, bridge_client, settings_for, text_of
 
@@ -143,6 +146,67 @@ async def test_the_deadline_returns_in_progress_and_a_later_call_gets_the_result
                 out, _, _ = await respond(client, conversation_id=out["conversation_id"])
         busy = standin.faults.latency
     assert out["status"] == "completed" and busy == 1.5
+
+
+async def test_a_new_conversation_is_in_the_store_claimed_once_its_id_is_seen(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the store has taken a write, a run that ends within the call is written once, at its end; one
+    still running when the caller gets its id is in the store already, claimed by this process, so that
+    no other process takes it."""
+    settings = settings_for(standin.base_url, tmp_path, deadline=0.3)
+    other = SQLiteStore(settings.database)  # what another server process on this machine reads
+    creates: list[str] = []
+    create = SQLiteStore.create
+
+    async def counted(self: SQLiteStore, conversation: Conversation, owner: str, lease: float) -> None:
+        creates.append(conversation.id)
+        await create(self, conversation, owner, lease)
+
+    monkeypatch.setattr(SQLiteStore, "create", counted)
+    async with bridge_client(settings) as client:
+        first, _, _ = await respond(client, prompt="hello")
+        quick, _, _ = await respond(client, prompt="hello")
+        assert creates == [first["conversation_id"]]  # the first proved the store; the next was written once
+        standin.faults = Faults(latency=1.5)
+        slow, _, _ = await respond(client, prompt="hello again")
+        assert slow["status"] == "in_progress"
+        running = await other.get(slow["conversation_id"])
+        assert running is not None and running.owner is not None
+        assert running.conversation.status == "in_progress"
+        assert await other.claim(slow["conversation_id"], "another process", 30) is None
+        with anyio.fail_after(20):
+            while slow["status"] == "in_progress":
+                slow, _, _ = await respond(client, conversation_id=slow["conversation_id"])
+    done = await other.get(quick["conversation_id"])
+    assert done is not None and done.owner is None and done.conversation.status == "completed"
+    finished = await other.get(slow["conversation_id"])
+    assert finished is not None and finished.owner is None and finished.conversation.status == "completed"
+    await other.aclose()
+
+
+async def test_a_long_run_is_written_claimed_at_its_first_renewal(standin: StandIn, tmp_path: Path) -> None:
+    settings = settings_for(standin.base_url, tmp_path, claim_lease=0.6)
+    other = SQLiteStore(settings.database)
+    seen: list[str] = []
+    result: dict[str, Any] = {}
+    held: Stored | None = None
+    async with bridge_client(settings) as client, anyio.create_task_group() as tg:
+        first, _, _ = await respond(client, prompt="a first call: the store works")
+        standin.faults = Faults(latency=1.5)
+
+        async def call() -> None:
+            result.update((await respond(client, prompt="hello"))[0])
+
+        tg.start_soon(call)
+        with anyio.fail_after(10):
+            while not seen:  # no id is out yet, but the renewal at lease/3 writes the conversation
+                seen = [i.id for i in await other.list() if i.id != first["conversation_id"]]
+                await anyio.sleep(0.05)
+        held = await other.get(seen[0])
+    assert held is not None and held.owner is not None and held.conversation.status == "in_progress"
+    assert result["status"] == "completed" and result["conversation_id"] == seen[0]
+    await other.aclose()
 
 
 async def test_client_cancellation_stops_the_upstream_request(standin: StandIn, tmp_path: Path) -> None:
