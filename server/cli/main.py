@@ -34,6 +34,13 @@ COMMANDS = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def _workers(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError("--workers must be from 1 to 64")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="key4u-mcp",
@@ -56,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "--stateless", action="store_true", help="HTTP: no MCP sessions, so any replica can answer any request"
     )
     parser.add_argument("--json-response", action="store_true", help="HTTP: answer with JSON instead of SSE")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="HTTP: server processes sharing the port, for more than one core (POSIX; default 1)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="serve MCP over stdio (the default)")
     commands.add_parser(

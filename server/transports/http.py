@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
@@ -490,8 +491,17 @@ def _check_file_limit(max_connections: int) -> None:
         )
 
 
-async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool, json_response: bool) -> None:
-    """Serve until stopped; raises ``SystemExit(LIFESPAN_FAILED_EXIT)`` if the lifespan dies first."""
+async def serve_http(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    stateless: bool,
+    json_response: bool,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until stopped, on ``sock`` if given (a listening socket shared by worker processes), else on
+    ``host``:``port``; raises ``SystemExit(LIFESPAN_FAILED_EXIT)`` if the lifespan dies first."""
     app = build_http_app(settings, host, stateless=stateless, json_response=json_response)
     config = uvicorn.Config(
         app,
@@ -515,10 +525,10 @@ async def serve_http(settings: Settings, host: str, port: int, *, stateless: boo
     logger.info(
         "serving MCP over Streamable HTTP at http://%s:%d/mcp (%s)",
         host,
-        port,
+        sock.getsockname()[1] if sock is not None else port,
         "stateless" if stateless else "stateful",
     )
-    await server.serve()
+    await server.serve(sockets=[sock] if sock is not None else None)
     if app.lifespan_failed:
         logger.error("exiting with status %d so that a supervisor restarts the server", LIFESPAN_FAILED_EXIT)
         raise SystemExit(LIFESPAN_FAILED_EXIT)
