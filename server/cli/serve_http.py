@@ -35,6 +35,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     workers: int = getattr(args, "workers", 1)
     if workers > 1:
+        if not args.stateless:
+            print(
+                "key4u-mcp: --workers needs --stateless: an MCP session lives in the worker that opened it, "
+                "and the next request may reach another",
+                file=sys.stderr,
+            )
+            return 2
         if not hasattr(os, "fork"):
             print("key4u-mcp: --workers needs a POSIX system (fork); run one process per port instead", file=sys.stderr)
             return 2

@@ -93,3 +93,10 @@ async def test_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path)
 def test_workers_out_of_range_are_a_usage_error() -> None:
     done = subprocess.run([script(), "--transport", "http", "--workers", "0"], capture_output=True, text=True)
     assert done.returncode == 2 and "--workers must be from 1 to 64" in done.stderr
+
+
+def test_workers_without_stateless_are_refused_with_the_reason() -> None:
+    done = subprocess.run(
+        [script(), "--transport", "http", "--workers", "2", "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "--workers needs --stateless" in done.stderr
