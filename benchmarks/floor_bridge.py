@@ -50,10 +50,17 @@ def _run(name: str, arguments: str) -> str:
 
 
 @server.tool()
-async def respond(prompt: str, tools: list[str] | None = None, max_turns: int = 8) -> str:
-    """Send ``prompt`` to the model with the local tools (or only ``tools``); run its calls; return its answer."""
+async def respond(
+    prompt: str, tools: list[str] | None = None, max_turns: int = 8, functions: list[dict[str, Any]] | None = None
+) -> str:
+    """Send ``prompt`` to the model with the local tools (or only ``tools``) and the caller's ``functions``
+    (MCP tool definitions, offered as they are); run its calls of local tools; return its answer."""
     items: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": prompt}]
     offered = [SPECS[n] for n in (SPECS if tools is None else tools)]
+    offered += [
+        {"type": "function", "name": f["name"], "description": f.get("description", ""), "parameters": f["inputSchema"]}
+        for f in functions or []
+    ]
     for _ in range(max_turns):
         body = {"model": "gpt-4.1", "input": items, "store": False, "parallel_tool_calls": True}
         reply = await _post({**body, "tools": offered} if offered else body)

@@ -350,7 +350,11 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
         extra = {"KEY4U_MCP_SERVERS": str(_servers_file(tmp))} if downstream else {}
         db = tmp / f"tools-{'downstream' if downstream else 'caller'}.sqlite3"
         env = bridge_env(standin.base_url, tmp, KEY4U_API_STYLE="responses", KEY4U_DB_PATH=str(db), **extra)
-        async with stdio_bridge(env) as (ours, _), httpx.AsyncClient() as http:
+        async with (
+            stdio_bridge(env) as (ours, _),
+            floor_bridge(standin.base_url) as theirs,
+            httpx.AsyncClient() as http,
+        ):
             requests = {
                 n: (
                     {"prompt": "hello", "tools": [f"m{n}__lookup_{i:04d}" for i in range(n)]}
@@ -359,8 +363,14 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
                 )
                 for n in TOOL_COUNTS
             }
+            floor_requests = {
+                n: {"prompt": "hello", "tools": [], "functions": caller_functions(n)} for n in TOOL_COUNTS
+            }
             if downstream:
                 await _until_listed(ours, requests[TOOL_COUNTS[-1]])
+            else:
+                for n in TOOL_COUNTS:
+                    await _call_ms(theirs, "respond", floor_requests[n])  # warm up
             bodies: dict[int, list[dict[str, Any]]] = {}
             for n in TOOL_COUNTS:
                 for _ in range(3):  # warm up
@@ -370,6 +380,7 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
                 await replay_ms(http, standin.base_url, bodies[n])
             walls: dict[int, list[float]] = {n: [] for n in TOOL_COUNTS}
             directs: dict[int, list[float]] = {n: [] for n in TOOL_COUNTS}
+            floors: dict[int, list[float]] = {n: [] for n in TOOL_COUNTS}
             for rep in range(repeats):
                 for n in TOOL_COUNTS if rep % 2 else TOOL_COUNTS[::-1]:
 
@@ -379,9 +390,14 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
                     async def direct(n: int = n) -> float:
                         return await replay_ms(http, standin.base_url, bodies[n])
 
-                    k, d = await _rotated(rep, [key4u, direct])
+                    async def floor_(n: int = n) -> float:  # the same functions, through the floor bridge
+                        return (await _call_ms(theirs, "respond", floor_requests[n]))[0]
+
+                    steps = [key4u, direct] if downstream else [key4u, direct, floor_]
+                    k, d, *f = await _rotated(rep, steps)
                     walls[n].append(k)
                     directs[n].append(d)
+                    floors[n] += f
                 if rep % 5 == 4:
                     await standin.clear()
     added = {n: [k - d for k, d in zip(walls[n], directs[n], strict=True)] for n in TOOL_COUNTS}
@@ -400,6 +416,9 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
             "direct POST of the same body": _points(xs, [directs[n] for n in TOOL_COUNTS]),
         },
     )
+    floor_added = {n: [f - d for f, d in zip(floors[n], directs[n], strict=True)] for n in TOOL_COUNTS if floors[n]}
+    if floor_added:
+        plot.series["floor bridge added (− direct POST)"] = _points(xs, [floor_added[n] for n in TOOL_COUNTS])
     how = (
         "a downstream server's tools, listed once and named in each call's tools argument"
         if downstream
@@ -415,12 +434,19 @@ async def _many_tools(tmp: Path, repeats: int, *, downstream: bool) -> list[Row]
         rows.append(
             Row(
                 f"Tools: one turn offering {n:,} {kind}, key4u_respond − direct POST of the same body",
-                f"{a.fmt()} added per turn",
+                f"{a.fmt()} added per turn"
+                + (f"; floor bridge {spread(floor_added[n]).median:.2f} ms" if n in floor_added else ""),
                 "≤ 10 ms added per turn" if top else "n/a (the curve to 1,000)",
                 a.median <= 10.0 if top else None,
                 (
                     f"against {base}, paired: added {versus_base.fmt()}, wall {wall_versus_base.fmt()}; "
                     if n != base
+                    else ""
+                )
+                + (
+                    f"key4u − floor bridge (the same functions through benchmarks/floor_bridge.py), paired: "
+                    f"{spread([k - f for k, f in zip(walls[n], floors[n], strict=True)]).fmt()}; "
+                    if floors[n]
                     else ""
                 )
                 + f"key4u {spread(walls[n]).fmt()}; direct POST {spread(directs[n]).fmt()}; "
