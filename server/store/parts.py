@@ -241,11 +241,14 @@ class PartsCache:
     parses only what was added since. Bounded by the bytes of JSON the cached parts came from.
 
     Parts are never changed once made (a conversation only appends), so a cached list's items are
-    shared with the conversations built from it; each conversation gets its own list.
+    shared with the conversations built from it; each conversation gets its own list. Bounded in count
+    too (``max_entries``, the most recently used): parsed parts take several times the bytes of their
+    JSON, and a server that starts conversations all day should stay the size it settles at.
     """
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_entries: int = 256) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[int, list[Item], list[ToolCallTrace], int]] = OrderedDict()
         self._bytes = 0
 
@@ -268,7 +271,7 @@ class PartsCache:
             return
         self._entries[conv.id] = (generation, list(conv.items), list(conv.tool_calls), size)
         self._bytes += size
-        while self._bytes > self.max_bytes and self._entries:
+        while (self._bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
             _, (_, _, _, dropped) = self._entries.popitem(last=False)
             self._bytes -= dropped
 

@@ -12,6 +12,7 @@ import pytest
 from server.bridge.conversation import Conversation, Options, ToolCallTrace
 from server.store.base import ConversationStore
 from server.store.memory import MemoryStore
+from server.store.parts import PartsCache
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
 from server.upstream.model import FunctionCall, FunctionOutput, Message
@@ -214,3 +215,16 @@ async def test_pruned_conversations_take_their_parts_with_them(tmp_path: Path) -
     db.close()
     assert len(ids) == 2 and owners == ids
     await store.aclose()
+
+
+def test_the_parts_cache_keeps_the_most_recently_used_conversations_only() -> None:
+    cache = PartsCache(max_entries=3)
+    convs = [Conversation(options=Options(model="m"), text=str(n)) for n in range(5)]
+    for conv in convs[:3]:
+        cache.put(conv, 1, 10)
+    assert cache.get(convs[0].id, 1) is not None  # used again: now the most recent
+    for conv in convs[3:]:
+        cache.put(conv, 1, 10)
+    kept = [c.text for c in convs if cache.get(c.id, 1) is not None]
+    assert kept == ["0", "3", "4"]
+    assert cache.size(convs[1].id) == 0 and cache.size(convs[4].id) == 10
