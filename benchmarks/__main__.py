@@ -28,7 +28,7 @@ def render(rows: list[Row], seconds: float, growth: str | None = None) -> str:
         "stand-in of `/v1/responses` on loopback, in its own process. These machines are shared 2-core VMs:",
         "absolute times move by a factor of two between runs (the direct POST baseline with them), ratios",
         "much less; differences of milliseconds move the most (the overhead row: 1.2 to 2.8 ms in recent runs;",
-        "the continuation ratio: 0.76 to 1.94, where the late calls of one run met a busy neighbour).",
+        "the continuation ratio: 0.76 to 1.94; in the 1.94 run the late direct POSTs slowed by half too).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['os']}, "
         f"Python {info['python']}. Run took {seconds:.0f} s on {time.strftime('%Y-%m-%d')}.",
