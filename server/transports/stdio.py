@@ -116,7 +116,8 @@ class StdinPipe:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer known to hold no newline
+        self._start = 0  # where the part of the buffer not yet handed on begins
+        self._scanned = 0  # the buffer holds no newline from ``_start`` up to here
         self._dropping = 0  # bytes of an oversized line dropped so far (0: not dropping)
         self._eof = False
         os.set_blocking(fd, False)
@@ -128,24 +129,30 @@ class StdinPipe:
         while True:
             end = self._buffer.find(b"\n", self._scanned)
             if end >= 0:
-                line = bytes(self._buffer[: end + 1])
-                del self._buffer[: end + 1]
-                self._scanned = 0
+                line = bytes(self._buffer[self._start : end + 1])
+                self._start = self._scanned = end + 1
+                if self._start * 2 > len(self._buffer):  # compact now and then, never once per line
+                    del self._buffer[: self._start]
+                    self._start = self._scanned = 0
                 if self._dropping or len(line) > MAX_MESSAGE_BYTES + 1:
                     self._dropped(self._dropping + len(line))
                     self._dropping = 0
                     continue
                 return line.decode("utf-8", errors="replace")
             self._scanned = len(self._buffer)
-            if self._dropping or self._scanned > MAX_MESSAGE_BYTES:
-                self._dropping += self._scanned
+            if self._dropping or self._scanned - self._start > MAX_MESSAGE_BYTES:
+                self._dropping += self._scanned - self._start
                 self._buffer.clear()
-                self._scanned = 0
+                self._start = self._scanned = 0
             if self._eof:
-                if self._buffer and not self._dropping:
-                    line = bytes(self._buffer)
-                    self._buffer.clear()
-                    return line.decode("utf-8", errors="replace")
+                rest = bytes(self._buffer[self._start :])
+                self._buffer.clear()
+                self._start = self._scanned = 0
+                if self._dropping:
+                    self._dropped(self._dropping + len(rest))
+                    self._dropping = 0
+                elif rest:
+                    return rest.decode("utf-8", errors="replace")
                 raise StopAsyncIteration
             await self._fill()
 

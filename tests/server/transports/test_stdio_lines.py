@@ -98,3 +98,28 @@ async def test_blocking_writer_writes_whole_messages_to_a_file(tmp_path: Path) -
         os.close(fd)
     lines = path.read_text().splitlines()
     assert sorted(lines) == [f"{n:02d}" * 5000 for n in range(20)]  # none torn or interleaved
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+async def test_stdin_pipe_hands_on_many_small_lines_in_order_and_drops_an_oversized_tail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    read_fd, write_fd = os.pipe()
+    lines = [f'{{"n": {n}}}\n' for n in range(50_000)]  # far more than one read: the buffer is compacted
+    tail = b"z" * (MAX_MESSAGE_BYTES + 5)  # no newline before the end
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write("".join(lines).encode())
+            pipe.write(tail)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        with anyio.fail_after(60):
+            got = [line async for line in StdinPipe(read_fd)]
+    finally:
+        feeder.join(10)
+        os.close(read_fd)
+    assert got == lines
+    assert any("discarded a message" in r.getMessage() for r in caplog.records)
