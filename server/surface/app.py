@@ -17,7 +17,6 @@ import anyio
 from mcp.server import MCPServer
 
 from server import __version__
-from server.bridge.service import Bridge
 from server.config import Settings
 from server.store.base import ConversationStore
 from server.store.sqlite import SQLiteStore
@@ -41,6 +40,8 @@ from server.upstream.pricing import Prices
 if TYPE_CHECKING:
     import httpx
 
+    from server.bridge.service import Bridge
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,27 @@ INSTRUCTIONS = (
 
 @dataclass
 class AppState:
-    """What the server's lifespan gives every request: the bridge, and the downstream toolsets for proxy mode."""
+    """What the server's lifespan gives every request: the store, the bridge, and the downstream toolsets
+    for proxy mode.
 
-    bridge: Bridge
+    The bridge (``server.bridge`` and what it imports: the loop, the planner, the upstream adapters)
+    is made on first use, by the first call that needs it: a host starts every configured server at
+    launch and lists its tools, and neither needs the bridge.
+    """
+
+    store: ConversationStore
     #: The downstream servers' toolsets, for proxy mode.
     downstream: CombinedToolset
+    make_bridge: Callable[[], Bridge]
     #: The shared HTTP client and prices (None without a key), for ``key4u_models``.
     upstream: SharedUpstream | None = None
+    made: Bridge | None = None
+
+    @property
+    def bridge(self) -> Bridge:
+        if self.made is None:
+            self.made = self.make_bridge()
+        return self.made
 
 
 #: Seconds after start-up at which the gateway's prices are first fetched (never on a call's path).
@@ -152,22 +167,29 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
                     # Prices load in the background once start-up is done, and hourly when asked again.
                     tg.start_soon(upstream.prices.run, PRICES_WARM_AFTER)
                 toolsets = CombinedToolset([local, *downstream.toolsets])
-                bridge = Bridge(
-                    settings,
-                    upstream.get if upstream else None,
-                    store,
-                    toolsets,
-                    tg,
-                    hub=hub,
-                    telemetry=telemetry,
-                    prices=upstream.prices if upstream else None,
-                )
+
+                def make_bridge() -> Bridge:
+                    from server.bridge.service import Bridge  # the bridge's modules: on first use
+
+                    return Bridge(
+                        settings,
+                        upstream.get if upstream else None,
+                        store,
+                        toolsets,
+                        tg,
+                        hub=hub,
+                        telemetry=telemetry,
+                        prices=upstream.prices if upstream else None,
+                    )
+
                 # What start-up made lives as long as the process: keep it out of every later collection
                 # (a full collection of it paused calls by 80-110 ms every few hundred calls). No
                 # collection first: it would cost start-up time for the little garbage there is.
                 gc.freeze()
-                yield AppState(bridge=bridge, downstream=downstream, upstream=upstream)
-                await bridge.aclose()
+                state = AppState(store=store, downstream=downstream, make_bridge=make_bridge, upstream=upstream)
+                yield state
+                if state.made is not None:
+                    await state.made.aclose()
                 tg.cancel_scope.cancel()
 
     return lifespan

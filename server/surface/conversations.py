@@ -29,7 +29,7 @@ class RecentConversations:
             return result
         listing = result if isinstance(result, ListResourcesResult) else ListResourcesResult.model_validate(result)
         try:
-            recent = await state.bridge.store.list(LISTED)
+            recent = await state.store.list(LISTED)
         except StoreError:
             return listing  # the store is unusable: key4u_respond says why; the listing stays
         resources = [

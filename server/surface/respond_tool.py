@@ -12,7 +12,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -23,12 +23,15 @@ from pydantic_core import to_jsonable_python
 
 from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
-from server.bridge.service import Bridge
 from server.config import Settings
 from server.surface.approval import HostApprover
 from server.surface.budget import Host, client_name, fit, fit_group
 from server.upstream.jsonvalues import is_writable
 from server.upstream.model import Item, Message
+
+if TYPE_CHECKING:  # imported on the first call that needs the bridge (see ``surface.app.AppState``)
+    from server.bridge.service import Bridge
+    from server.store.base import ConversationStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +43,13 @@ DESCRIPTION = (
 
 
 class HasBridge(Protocol):
-    """The lifespan state this module needs."""
+    """The lifespan state this module needs (``AppState``)."""
 
     @property
     def bridge(self) -> Bridge: ...
+
+    @property
+    def store(self) -> ConversationStore: ...
 
 
 def _request_signature() -> inspect.Signature:
@@ -125,7 +131,7 @@ def register_respond(server: MCPServer[Any], settings: Settings) -> None:
     )
     async def conversation_transcript(conversation_id: str, ctx: Context[Any]) -> str:
         state: HasBridge = ctx.request_context.lifespan_context
-        stored = await state.bridge.store.get(conversation_id)
+        stored = await state.store.get(conversation_id)
         if stored is None:
             raise ResourceError(f"unknown conversation {conversation_id}")
         return transcript(stored.conversation)

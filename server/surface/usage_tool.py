@@ -27,15 +27,10 @@ DESCRIPTION = "Tokens and USD spent via key4u_respond, per model and day."
 
 
 class HasStore(Protocol):
-    @property
-    def store(self) -> ConversationStore: ...
-
-
-class HasBridge(Protocol):
     """The lifespan state this module needs (``AppState``)."""
 
     @property
-    def bridge(self) -> HasStore: ...
+    def store(self) -> ConversationStore: ...
 
 
 @dataclass
@@ -95,10 +90,10 @@ def register_usage(server: MCPServer[Any], settings: Settings) -> None:
         days: Annotated[int, Field(ge=1, le=400, description="Days back, today included")] = 30,
         model: Annotated[str | None, Field(description="Substring of the model name")] = None,
     ) -> CallToolResult:
-        state: HasBridge = ctx.request_context.lifespan_context
+        state: HasStore = ctx.request_context.lifespan_context
         now = time.time()
         since = (now // 86400 - (days - 1)) * 86400  # from the start of the first UTC day
-        rows = await state.bridge.store.usage(since)
+        rows = await state.store.usage(since)
         needle = model.strip()[:200].lower() if model and model.strip() else None
         if needle:
             rows = [r for r in rows if needle in r.model.lower()]

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -176,3 +177,33 @@ def test_serving_leaves_the_sdks_logging_setup_out_and_logs_through_ours() -> No
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.split() == ["False", "mcp.server.mcpserver.utilities.logging", "1"]
     assert "server.check: still logging" in done.stderr
+
+
+def test_listing_and_local_tools_leave_the_bridge_unimported_until_a_call_needs_it() -> None:
+    """Hosts start every configured server at launch and list its tools: the bridge's modules (the loop,
+    the planner, the upstream adapters) wait for the first call that needs them."""
+    code = (
+        "import anyio, sys\n"
+        "from mcp import Client\n"
+        "from server.config import Settings\n"
+        "from server.surface.app import build_server\n"
+        "async def main():\n"
+        "    async with Client(build_server(Settings(api_key=None, db_path=sys.argv[1]))) as client:\n"
+        "        await client.list_tools()\n"
+        "        await client.list_resources()\n"
+        "        await client.call_tool('math_calculator', {'operation': 'add', 'a': 1, 'b': 2})\n"
+        "        before = 'server.bridge.service' in sys.modules\n"
+        "        answer = await client.call_tool('key4u_respond', {'prompt': 'hello'})\n"
+        "        print(before, 'server.bridge.service' in sys.modules, answer.is_error)\n"
+        "anyio.run(main)\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(Path(tmp) / "c.db")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("KEY4U_", "OPENAI_"))},
+        )
+    assert done.stdout.split() == ["False", "True", "True"]  # no key: a clear error, from the bridge

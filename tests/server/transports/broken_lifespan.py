@@ -1,7 +1,9 @@
 """A lifespan that dies while serving: a task in the bridge's task group raises once a trigger fires.
 
-``install(trigger)`` patches ``server.surface.app.Bridge`` (in this process) so that every server built
-afterwards gets that task. Run as a module it is ``key4u-mcp`` with the patch, the trigger being a file:
+``install(trigger)`` patches ``server.bridge.service.Bridge`` (in this process) so that every bridge
+made afterwards starts that task, and ``server.surface.app.AppState`` so that the bridge is made at
+start-up rather than on first use. Run as a module it is ``key4u-mcp`` with the patches, the trigger
+being a file:
 
     python -m tests.server.transports.broken_lifespan TRIGGER_FILE --transport http --port N
 """
@@ -16,6 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+import server.bridge.service as service_module
 import server.surface.app as app_module
 from server.bridge.service import Bridge
 
@@ -35,7 +38,13 @@ def install(trigger: Callable[[], bool]) -> None:
         task_group.start_soon(explode)
         return bridge
 
-    app_module.Bridge = broken_bridge  # type: ignore[assignment,misc]
+    class MadeAtOnce(app_module.AppState):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.made = self.make_bridge()
+
+    service_module.Bridge = broken_bridge  # type: ignore[assignment,misc]
+    app_module.AppState = MadeAtOnce  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from mcp import MCPError
 
+import server.bridge.service as service_module
 import server.surface.app as app_module
 from server.transports.http import LIFESPAN_FAILED_EXIT
 from tests.helpers import INITIALIZE, REPO, settings_for
@@ -40,7 +41,8 @@ async def wait_for_status(url: str, status: int, within: float = 10.0) -> None:
 async def test_healthz_and_mcp_answer_503_once_the_lifespan_has_died(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(app_module, "Bridge", app_module.Bridge)  # restored after the test
+    monkeypatch.setattr(service_module, "Bridge", service_module.Bridge)  # both restored after the test
+    monkeypatch.setattr(app_module, "AppState", app_module.AppState)
     explode = threading.Event()
     broken_lifespan.install(explode.is_set)
     caplog.set_level(logging.ERROR)
