@@ -46,11 +46,9 @@ async def test_stdin_lines_yields_lines_and_drops_oversized_ones() -> None:
     assert lines == ['{"a": 1}\n', '{"b": 2}\n', '{"c": 3}']
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
-async def test_stdin_pipe_yields_lines_as_they_come_and_drops_oversized_ones() -> None:
+async def piped(chunks: list[bytes]) -> list[str]:
+    """What ``StdinPipe`` yields of ``chunks`` written to a pipe one by one (by a thread) until it closes."""
     read_fd, write_fd = os.pipe()
-    oversized = b"y" * (MAX_MESSAGE_BYTES + 10) + b"\n"
-    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", oversized, '{"é": 3}\n'.encode(), b"\xff\n", b'{"c": 4}']
 
     def feed() -> None:
         with os.fdopen(write_fd, "wb") as pipe:
@@ -61,11 +59,18 @@ async def test_stdin_pipe_yields_lines_as_they_come_and_drops_oversized_ones() -
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        with anyio.fail_after(20):
-            lines = [line async for line in StdinPipe(read_fd)]
+        with anyio.fail_after(60):
+            return [line async for line in StdinPipe(read_fd)]
     finally:
         feeder.join(10)
         os.close(read_fd)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+async def test_stdin_pipe_yields_lines_as_they_come_and_drops_oversized_ones() -> None:
+    oversized = b"y" * (MAX_MESSAGE_BYTES + 10) + b"\n"
+    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", oversized, '{"é": 3}\n'.encode(), b"\xff\n", b'{"c": 4}']
+    lines = await piped(chunks)
     assert lines == ['{"a": 1}\n', '{"b": 2}\n', '{"é": 3}\n', "\ufffd\n", '{"c": 4}']
 
 
@@ -104,22 +109,8 @@ async def test_blocking_writer_writes_whole_messages_to_a_file(tmp_path: Path) -
 async def test_stdin_pipe_hands_on_many_small_lines_in_order_and_drops_an_oversized_tail(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    read_fd, write_fd = os.pipe()
     lines = [f'{{"n": {n}}}\n' for n in range(50_000)]  # far more than one read: the buffer is compacted
     tail = b"z" * (MAX_MESSAGE_BYTES + 5)  # no newline before the end
-
-    def feed() -> None:
-        with os.fdopen(write_fd, "wb") as pipe:
-            pipe.write("".join(lines).encode())
-            pipe.write(tail)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
-    try:
-        with anyio.fail_after(60):
-            got = [line async for line in StdinPipe(read_fd)]
-    finally:
-        feeder.join(10)
-        os.close(read_fd)
+    got = await piped(["".join(lines).encode(), tail])
     assert got == lines
     assert any("discarded a message" in r.getMessage() for r in caplog.records)
