@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +52,49 @@ except ImportError:  # without the bench extra, peer() reports "not run"
 
 
 async def overhead(tmp: Path, pairs: int = 60) -> list[Row]:
-    """A key4u_respond turn over stdio minus a direct httpx POST of the same request, for each model API."""
+    """A key4u_respond turn minus a direct httpx POST of the same request, for each model API over stdio,
+    and over Streamable HTTP (one server process, stateless, JSON replies)."""
     floor = await _bare_round_trip(pairs)
     rows: list[Row] = []
-    for api in ("responses", "chat"):
-        added, bridge, direct = await _overhead(tmp, api, pairs)
+    for api, transport in (("responses", "stdio"), ("chat", "stdio"), ("responses", "http")):
+        added, bridge, direct, hop = await _overhead(tmp, api, pairs, transport)
+        scale_note = f"for scale, a math_calculator call to the same server over {transport} takes {hop.fmt()}" + (
+            f", one trivial tool call to a bare mcp server over stdio {floor.fmt()}"
+            if transport == "stdio"
+            else "; the SDK's Streamable HTTP client, one keep-alive connection; key4u-mcp --transport http "
+            "--stateless --json-response"
+        )
         rows.append(
             Row(
-                f"Overhead per turn over {api} (key4u_respond over stdio − direct httpx POST)",
+                f"Overhead per turn over {api} (key4u_respond over {transport} − direct httpx POST)",
                 added.fmt(),
                 "≤ 2 ms at the median",
                 added.median <= 2.0,
-                f"bridge {bridge.fmt()}; direct POST {direct.fmt()}; for scale, one trivial "
-                f"tool call to a bare mcp server over stdio takes {floor.fmt()}",
+                f"bridge {bridge.fmt()}; direct POST {direct.fmt()}; {scale_note}",
             )
         )
     return rows
 
 
-async def _overhead(tmp: Path, api: str, pairs: int) -> tuple[Any, Any, Any]:
+@asynccontextmanager
+async def _http_bridge(env: dict[str, str], port: int) -> AsyncIterator[Client]:
+    """``key4u-mcp`` over Streamable HTTP (stateless, JSON replies), and one MCP client on it."""
+    args = [script(), "--transport", "http", "--stateless", "--json-response", "--port", str(port)]
+    with subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL) as proc:  # noqa: ASYNC220 - the benchmark's server
+        try:
+            url = f"http://127.0.0.1:{port}/mcp"
+            await _wait_healthy(url)
+            async with (
+                httpx2.AsyncClient(timeout=120) as http,
+                Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+            ):
+                yield client
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+async def _overhead(tmp: Path, api: str, pairs: int, transport: str) -> tuple[Any, Any, Any, Any]:
     messages = [{"role": "user", "content": "hello"}]
     if api == "chat":
         path, body = "/chat/completions", {"model": "gpt-4.1", "messages": messages, "stream": False}
@@ -84,24 +110,35 @@ async def _overhead(tmp: Path, api: str, pairs: int) -> tuple[Any, Any, Any]:
     with standin_process() as (base_url, _):
         env = bridge_env(base_url, tmp, KEY4U_STREAM="false", KEY4U_API_STYLE=api)
         headers = {"Authorization": f"Bearer {KEY}"}
-        async with stdio_bridge(env) as (client, _), httpx.AsyncClient() as http:
+        bridged = _http_bridge(env, 18590) if transport == "http" else _stdio_client(env)
+        async with bridged as client, httpx.AsyncClient() as http:
             for _ in range(10):  # warm both paths
                 await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
                 await http.post(f"{base_url}{path}", json=body, headers=headers)
             bridge: list[float] = []
             direct: list[float] = []
             diffs: list[float] = []
+            hops: list[float] = []
             for _ in range(pairs):
                 t0 = time.perf_counter()
                 result = await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
                 t1 = time.perf_counter()
                 reply = await http.post(f"{base_url}{path}", json=body, headers=headers)
                 t2 = time.perf_counter()
-                assert not result.is_error and reply.status_code == 200
+                local = await client.call_tool("math_calculator", {"operation": "add", "a": 1, "b": 2})
+                t3 = time.perf_counter()
+                assert not result.is_error and reply.status_code == 200 and not local.is_error
                 bridge.append((t1 - t0) * 1000)
                 direct.append((t2 - t1) * 1000)
+                hops.append((t3 - t2) * 1000)
                 diffs.append(bridge[-1] - direct[-1])
-    return spread(diffs), spread(bridge), spread(direct)
+    return spread(diffs), spread(bridge), spread(direct), spread(hops)
+
+
+@asynccontextmanager
+async def _stdio_client(env: dict[str, str]) -> AsyncIterator[Client]:
+    async with stdio_bridge(env) as (client, _):
+        yield client
 
 
 async def _bare_round_trip(calls: int) -> Any:
