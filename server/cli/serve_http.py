@@ -5,8 +5,9 @@ together (each accepts from the one listening socket, as gunicorn's and uvicorn'
 process runs on one core, and N use N. Each worker is a whole server with its own conversations
 store connection; their SQLite file (or PostgreSQL database) is shared, and a conversation claimed
 by one is continued by whichever worker a follow-up reaches. The parent only supervises: it passes
-SIGTERM and SIGINT on, starts a worker again in place of one that dies, and exits once they have all
-stopped. The key stays in memory: nothing is added to a worker's environment.
+SIGTERM and SIGINT on, starts a worker again in place of one that dies (after a pause that doubles,
+up to ``MAX_RESTART_PAUSE``, while workers keep dying soon after they start), and exits once they have
+all stopped. The key stays in memory: nothing is added to a worker's environment.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from types import FrameType
 
 import anyio
@@ -28,6 +30,11 @@ from server.errors import ConfigError
 from server.transports.http import LIFESPAN_FAILED_EXIT, serve_http
 
 logger = logging.getLogger(__name__)
+
+#: A worker that dies sooner than this after it started counts towards the restart pause.
+QUICK_DEATH = 10.0
+#: The longest pause before a worker is started again in place of one that keeps dying.
+MAX_RESTART_PAUSE = 30.0
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -72,8 +79,9 @@ def _supervise(settings: Settings, args: argparse.Namespace, count: int) -> int:
         print(f"key4u-mcp: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     logger.info("%d workers serving http://%s:%d/mcp", count, args.host, sock.getsockname()[1])
-    workers: set[int] = set()
+    workers: dict[int, float] = {}  # pid: when it started
     stopping: list[int] = []  # the signal that stops the service, once one came
+    quick_deaths = 0
 
     def worker() -> int:
         pid = os.fork()
@@ -91,7 +99,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, count: int) -> int:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        workers.add(pid)
+        workers[pid] = time.monotonic()
         return pid
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -110,7 +118,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, count: int) -> int:
                 pid, raw = os.wait()
             except ChildProcessError:
                 break
-            workers.discard(pid)
+            started = workers.pop(pid, time.monotonic())
             code = os.waitstatus_to_exitcode(raw)
             if stopping:
                 continue
@@ -119,8 +127,19 @@ def _supervise(settings: Settings, args: argparse.Namespace, count: int) -> int:
                 status = code
                 stop(signal.SIGTERM, None)
                 continue
-            logger.warning("worker %d exited (status %d); starting another in its place", pid, code)
-            worker()
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH else 0
+            pause = min(MAX_RESTART_PAUSE, 2.0 ** (quick_deaths - 1)) if quick_deaths else 0.0
+            logger.warning(
+                "worker %d exited (status %d); starting another in its place%s",
+                pid,
+                code,
+                f" in {pause:g} s" if pause else "",
+            )
+            deadline = time.monotonic() + pause
+            while not stopping and time.monotonic() < deadline:  # a signal ends the pause at once
+                time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
+            if not stopping:
+                worker()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
