@@ -168,16 +168,17 @@ class SQLiteStore:
         try:
             return work(self._db(wait))
         except (sqlite3.Error, OSError) as exc:
-            if not wait and _is_busy(exc):
-                raise _WouldWait from exc
             if not (_is_corrupt(exc) and self._recovered(exc)):
-                raise self._fault(exc) from exc
+                raise self._failed(exc, wait) from exc
         try:
             return work(self._db(wait))
         except (sqlite3.Error, OSError) as exc:
-            if not wait and _is_busy(exc):
-                raise _WouldWait from exc
-            raise self._fault(exc) from exc
+            raise self._failed(exc, wait) from exc
+
+    def _failed(self, exc: sqlite3.Error | OSError, wait: bool) -> Exception:
+        """What to raise for ``exc``: ``_WouldWait`` for a lock held elsewhere when not to ``wait``, else its
+        ``StoreError``."""
+        return _WouldWait() if not wait and _is_busy(exc) else self._fault(exc)
 
     def _db(self, wait: bool = True) -> sqlite3.Connection:
         """The connection, opened on first use: a server that never runs a conversation never makes the file.
@@ -426,8 +427,9 @@ class SQLiteStore:
                     except sqlite3.Error:
                         logger.debug("rollback failed", exc_info=True)
                 raise
+            prunes = self._save_prunes()
             self._saves += 1
-            if self._saves % _PRUNE_EVERY == 1:
+            if prunes:
                 try:
                     self._prune(db)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -435,16 +437,21 @@ class SQLiteStore:
                     logger.warning("could not prune the conversation database %s: %s", self.path, exc)
             return None
 
-        # The save that prunes (and checkpoints) may take long: it runs off the loop.
-        stale = await self._run(lambda db: write(db, plan), inline=self._saves % _PRUNE_EVERY != 0)
+        # The save that prunes (and checkpoints) may take long: it runs off the loop. A stale write
+        # counts no save, so the rewrite after it prunes if it would have.
+        stale = await self._run(lambda db: write(db, plan), inline=not self._save_prunes())
         if stale is NOT_OURS:
             return False
         if stale is not None:  # the row is not as this object last saw it: write it whole
             plan = plan_save(conv, None if stale.generation == 0 else stale)
-            if await self._run(lambda db: write(db, plan)) is NOT_OURS:
+            if await self._run(lambda db: write(db, plan), inline=not self._save_prunes()) is NOT_OURS:
                 return False
         cache_saved(self._cache, conv, plan)
         return True
+
+    def _save_prunes(self) -> bool:
+        """Whether the next save that goes through prunes (and checkpoints the log)."""
+        return self._saves % _PRUNE_EVERY == 0
 
     async def claim(self, conversation_id: str, owner: str, lease: float) -> Conversation | None:
         def take(db: sqlite3.Connection) -> Conversation | None:
