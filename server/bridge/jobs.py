@@ -156,16 +156,22 @@ class Jobs:
                 "after that was not saved; call key4u_respond with its conversation_id to see where it stands"
             )
 
+    async def create(self, conv: Conversation) -> None:
+        """Write a new conversation, claimed by this process; ``store_ok`` says how it went. Raises
+        ``StoreError``."""
+        try:
+            await self.store.create(conv, self.owner, self.lease)
+        except BaseException:
+            self.store_ok = False
+            raise
+        self.store_ok = True
+
     async def store_now(self, job: Job) -> None:
         """Write a running job's new conversation, claimed, if the store does not hold it yet: before its
         id is seen (another process may then be asked to continue it). Raises ``StoreError``."""
         async with job.writing:
             if not job.stored and not job.done.is_set():
-                try:
-                    await self.store.create(job.conversation, self.owner, self.lease)
-                except BaseException:
-                    self.store_ok = False
-                    raise
+                await self.create(job.conversation)
                 job.stored = True
 
     async def _keep_claim(self, job: Job) -> None:

@@ -168,12 +168,7 @@ class Bridge:
         conv.items.append(Message(role="user", text=request.prompt, attachments=list(attached or [])))
         self._begin(conv)
         if stored:
-            try:
-                await self.store.create(conv, self.jobs.owner, self.jobs.lease)
-            except BaseException:
-                self.jobs.store_ok = False
-                raise
-            self.jobs.store_ok = True
+            await self.jobs.create(conv)
         return self.jobs.start(conv, lambda job: self._loop(offer, job), stored=stored)
 
     async def _continue(
