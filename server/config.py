@@ -3,6 +3,8 @@
 Sources, highest first: explicit arguments (the CLI), the environment, a ``.env`` file in
 the working directory, defaults. ``KEY4U_*`` variables win over their ``OPENAI_*``
 fallbacks, so any OpenAI-compatible gateway works with the variables its users already set.
+Only those prefixed names are read (in any case): a ``MODEL`` or ``TIMEOUT`` some other tool
+left in the shell is not a setting of this server.
 """
 
 from __future__ import annotations
@@ -13,31 +15,27 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from server.logs import url_password
 
 DEFAULT_BASE_URL = "https://api.key4u.shop/v1"
 DEFAULT_MODEL = "gpt-4.1"
 
+#: The variables a setting may come from start with one of these (matched in any case).
+PREFIXES = ("KEY4U_", "OPENAI_")
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every setting of the server, validated and frozen: gateway, retries, tool loop, downstream servers,
     HTTP transport and store.
 
     ``secrets()`` names the values that must never be printed or logged.
     """
 
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        frozen=True,
-        populate_by_name=True,
-    )
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     api_key: SecretStr | None = Field(
         default=None,
@@ -314,9 +312,35 @@ def default_servers_file() -> Path:
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
-    """Build the settings; ``overrides`` (from the CLI) win over every other source."""
-    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-    if env_file is not None:
-        # BaseSettings.__init__ takes _env_file, but the __init__ pydantic synthesises for type checkers does not.
-        return Settings(_env_file=env_file, **clean)  # pyright: ignore[reportCallIssue]
-    return Settings(**clean)
+    """Build the settings; ``overrides`` (from the CLI) win over every other source.
+
+    A value comes from the first source that has it: ``overrides`` by field name, then the
+    environment, then ``env_file`` (default: ``.env`` in the working directory, when there is one).
+    Within one source a field's variables count in their order (``KEY4U_*`` before ``OPENAI_*``).
+    A bad value raises ``ValidationError`` located at the variable it came from.
+    """
+    dotenv = env_file if env_file is not None else Path(".env")
+    environment = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(PREFIXES)}
+    sources = [environment, _dotenv_values(dotenv) if dotenv.is_file() else {}]
+    values: dict[str, Any] = {}
+    for field, info in Settings.model_fields.items():
+        if overrides.get(field) is not None:
+            values[field] = overrides[field]
+            continue
+        names = [n for n in _variables(info.validation_alias) if n != field]
+        for source in sources:
+            if found := next(((n, source[n]) for n in names if n in source), None):
+                values[found[0]] = found[1]
+                break
+    return Settings.model_validate(values)
+
+
+def _variables(alias: object) -> list[str]:
+    return [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+
+
+def _dotenv_values(path: Path) -> dict[str, str]:
+    """The file's ``NAME=value`` lines (python-dotenv: quoting, ``export``, comments), names upper-cased."""
+    from dotenv import dotenv_values  # only where there is a file to read
+
+    return {k.upper(): v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}

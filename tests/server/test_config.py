@@ -35,6 +35,32 @@ def test_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatc
     assert load_settings().model == "gpt-4.1-mini"
 
 
+def test_only_prefixed_variables_are_settings_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "MODEL": "llama3",
+        "TIMEOUT": "soon",
+        "PROXY": "http://proxy.example:3128",
+        "API_KEY": "x",
+    }.items():
+        monkeypatch.setenv(name, value)  # other tools' variables, named like our fields
+    settings = load_settings()
+    assert (settings.model, settings.timeout, settings.proxy, settings.api_key) == (DEFAULT_MODEL, 120.0, False, None)
+    monkeypatch.setenv("key4u_model", "gpt-5")
+    assert load_settings().model == "gpt-5"
+
+
+def test_a_bad_value_is_located_at_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEY4U_TIMEOUT", "soon")
+    with pytest.raises(ValidationError) as raised:
+        load_settings()
+    assert [e["loc"] for e in raised.value.errors()] == [("KEY4U_TIMEOUT",)]
+    monkeypatch.delenv("KEY4U_TIMEOUT")
+    (tmp_path / "other.env").write_text("# a comment\nexport OPENAI_BASE_URL='ftp://x'\n")
+    with pytest.raises(ValidationError) as raised:
+        load_settings(env_file=tmp_path / "other.env")
+    assert [e["loc"] for e in raised.value.errors()] == [("OPENAI_BASE_URL",)]
+
+
 def test_cli_overrides_win() -> None:
     assert load_settings(log_level="debug").log_level == "DEBUG"
 

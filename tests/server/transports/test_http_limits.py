@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from server.config import Settings
+from server.config import load_settings
 from server.transports.asgi_thread import ThreadedServer
 from server.transports.http import _check_file_limit, guarded_protocol
 from tests.helpers import settings_for
@@ -162,7 +162,7 @@ def test_idle_keep_alive_connections_are_closed(tmp_path: Path) -> None:
 
 
 def test_the_limits_are_settings_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = Settings()
+    defaults = load_settings()
     assert (defaults.mcp_header_timeout, defaults.mcp_keep_alive_timeout, defaults.mcp_max_connections) == (
         10.0,
         10,
@@ -171,7 +171,7 @@ def test_the_limits_are_settings_with_defaults(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KEY4U_MCP_HEADER_TIMEOUT", "2.5")
     monkeypatch.setenv("KEY4U_MCP_KEEP_ALIVE_TIMEOUT", "7")
     monkeypatch.setenv("KEY4U_MCP_MAX_CONNECTIONS", "64")
-    chosen = Settings()
+    chosen = load_settings()
     protocol = guarded_protocol(chosen)
     assert (protocol.header_timeout, protocol.max_connections, chosen.mcp_keep_alive_timeout) == (2.5, 64, 7)
 
