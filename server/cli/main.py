@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from server import __version__
+from server import __version__, startup
 from server.config import Settings, load_settings
 from server.logs import configure_logging
 
@@ -105,6 +105,7 @@ def _settings(log_level: str | None) -> Settings | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    startup.pause()  # until the server is built (server.startup); the other commands resume it at once
     args = _parser().parse_args(argv)
     settings = _settings(args.log_level)
     if settings is None:
@@ -114,4 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "serve" and args.transport == "http":
         command = "serve-http"
     run: Callable[[Settings, argparse.Namespace], int] = importlib.import_module(COMMANDS[command]).run
+    if command not in ("serve", "serve-http"):  # the servers settle once built (their lifespan)
+        startup.settle()
     return run(settings, args)

@@ -24,6 +24,7 @@ from types import FrameType
 
 import anyio
 
+from server import startup
 from server.cli.serve import servers_file_ok
 from server.config import Settings
 from server.errors import ConfigError
@@ -79,6 +80,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, count: int) -> int:
         print(f"key4u-mcp: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     logger.info("%d workers serving http://%s:%d/mcp", count, args.host, sock.getsockname()[1])
+    startup.settle()  # before the forks: each worker starts from the frozen imports, collecting
     workers: dict[int, float] = {}  # pid: when it started
     stopping: list[int] = []  # the signal that stops the service, once one came
     quick_deaths = 0

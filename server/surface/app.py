@@ -5,7 +5,6 @@ Wiring only: what each part does lives in the module that defines it.
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from mcp.server import MCPServer
 
-from server import __version__
+from server import __version__, startup
 from server.config import Settings
 from server.store.base import ConversationStore
 from server.store.sqlite import SQLiteStore
@@ -183,9 +182,10 @@ def _lifespan(settings: Settings) -> Callable[[MCPServer[AppState]], AbstractAsy
                     )
 
                 # What start-up made lives as long as the process: keep it out of every later collection
-                # (a full collection of it paused calls by 80-110 ms every few hundred calls). No
-                # collection first: it would cost start-up time for the little garbage there is.
-                gc.freeze()
+                # (a full collection of it paused calls by 80-110 ms every few hundred calls), and resume
+                # collection if the command line paused it for start-up. No collection first: it would
+                # cost start-up time for the little garbage there is.
+                startup.settle()
                 state = AppState(store=store, downstream=downstream, make_bridge=make_bridge, upstream=upstream)
                 yield state
                 if state.made is not None:
