@@ -1,8 +1,20 @@
-"""A bare ``mcp`` server with one tool, started the same way as ours (the start-up baseline)."""
+"""A bare ``mcp`` server with one tool, started the same way as ours (the start-up baseline).
+
+With ``--paused`` it starts as key4u-mcp does (``server.startup``): no cyclic collection until it
+is built. The start-up row's detail compares against that too, which leaves what our own
+modules cost.
+"""
 
 from __future__ import annotations
 
-from mcp.server import MCPServer
+import gc
+import sys
+
+PAUSED = "--paused" in sys.argv[1:]
+if PAUSED:
+    gc.disable()
+
+from mcp.server import MCPServer  # noqa: E402  (after the pause, which is what it measures)
 
 server: MCPServer = MCPServer("bare")
 
@@ -14,4 +26,7 @@ def add(a: float, b: float) -> float:
 
 
 if __name__ == "__main__":
+    if PAUSED:
+        gc.freeze()
+        gc.enable()
     server.run()
