@@ -9,6 +9,8 @@ left in the shell is not a setting of this server.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,8 @@ import platformdirs
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from server.logs import url_password
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.key4u.shop/v1"
 DEFAULT_MODEL = "gpt-4.1"
@@ -340,7 +344,16 @@ def _variables(alias: object) -> list[str]:
 
 
 def _dotenv_values(path: Path) -> dict[str, str]:
-    """The file's ``NAME=value`` lines (python-dotenv: quoting, ``export``, comments), names upper-cased."""
+    """The file's ``NAME=value`` lines (python-dotenv: quoting, ``export``, comments), names upper-cased.
+
+    The working directory is the host's choice (often the user's project), so its ``.env`` may belong to
+    another program: bytes that are not UTF-8 are replaced, and a file that cannot be read is skipped
+    with a warning, rather than stopping the server."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        logger.warning("ignoring %s: %s", path, exc.strerror or exc)
+        return {}
     from dotenv import dotenv_values  # only where there is a file to read
 
-    return {k.upper(): v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}
+    return {k.upper(): v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}

@@ -61,6 +61,26 @@ def test_a_bad_value_is_located_at_its_variable(tmp_path: Path, monkeypatch: pyt
     assert [e["loc"] for e in raised.value.errors()] == [("OPENAI_BASE_URL",)]
 
 
+def test_a_dotenv_of_another_program_neither_stops_nor_changes_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / ".env").write_bytes(b"MODEL=llama3\nTIMEOUT=soon\nNAME=caf\xe9\nKEY4U_MODEL=gpt-5\n")
+    settings = load_settings()
+    assert (settings.model, settings.timeout) == ("gpt-5", 120.0)
+    folder = tmp_path / "folder.env"
+    folder.mkdir()  # not a file: not read at all
+    assert load_settings(env_file=folder).model == DEFAULT_MODEL
+    refused = tmp_path / "refused.env"
+    refused.write_text("KEY4U_MODEL=x\n")
+    monkeypatch.setattr(Path, "read_text", _refuse)  # root reads any mode: refuse as an unreadable file does
+    assert load_settings(env_file=refused).model == DEFAULT_MODEL
+    assert "ignoring" in caplog.text and "Permission denied" in caplog.text
+
+
+def _refuse(self: Path, *args: object, **kwargs: object) -> str:
+    raise PermissionError(13, "Permission denied", str(self))
+
+
 def test_cli_overrides_win() -> None:
     assert load_settings(log_level="debug").log_level == "DEBUG"
 
