@@ -47,6 +47,9 @@ from mcp.types import (
     ErrorData,
     JSONRPCError,
     JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
     RequestId,
     jsonrpc_message_adapter,
 )
@@ -58,6 +61,9 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: How long, at exit, the replies already made may take to reach a host that stopped reading them.
 DRAIN_SECONDS = 5.0
+#: How long, once stdin has ended, the requests already read may take to be answered before the
+#: server stops (a script that writes its requests and closes its end still gets its replies).
+EOF_GRACE_SECONDS = 5.0
 
 
 class StdinLines:
@@ -120,7 +126,13 @@ class StdinPipe:
         self._scanned = 0  # the buffer holds no newline from ``_start`` up to here
         self._dropping = 0  # bytes of an oversized line dropped so far (0: not dropping)
         self._eof = False
+        self._was_blocking = os.get_blocking(fd)
         os.set_blocking(fd, False)
+
+    def release(self) -> None:
+        """Give the pipe back as it came: its mode is shared with every process holding the same end."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._fd, self._was_blocking)
 
     def __aiter__(self) -> StdinPipe:
         return self
@@ -209,7 +221,13 @@ class StdoutWriter:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._was_blocking = os.get_blocking(fd)
         os.set_blocking(fd, False)
+
+    def release(self) -> None:
+        """Give the pipe back as it came: its mode is shared with every process holding the same end."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._fd, self._was_blocking)
 
     async def write(self, text: str) -> None:
         view = memoryview(text.encode("utf-8"))
@@ -249,7 +267,16 @@ def _claim_stdout() -> StdoutWriter | BlockingWriter:
         os.dup2(2, 1)
     except OSError:
         logger.debug("could not point fd 1 at stderr; stray output may reach the wire", exc_info=True)
-    return StdoutWriter(private) if _is_pipe(private) else BlockingWriter(private)
+    # Non-blocking mode belongs to the open pipe, not to a descriptor: where stderr is that same pipe
+    # (``2>&1``), it would make the log's writes fail with EAGAIN once the pipe is full.
+    return StdoutWriter(private) if _is_pipe(private) and not _same_file(private, 2) else BlockingWriter(private)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        return os.path.sameopenfile(fd, other)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -364,6 +391,38 @@ def install_rejection_log(server: MCPServer[Any]) -> None:
         server.middleware.insert(0, RejectionLog())
 
 
+class Unanswered:
+    """The requests read from the wire whose reply has not been written yet."""
+
+    def __init__(self) -> None:
+        self._ids: set[RequestId] = set()
+        self._none = anyio.Event()
+        self._none.set()
+
+    def read(self, message: JSONRPCMessage) -> None:
+        if isinstance(message, JSONRPCRequest):
+            if not self._ids:
+                self._none = anyio.Event()
+            self._ids.add(message.id)
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            params: object = message.params
+            if isinstance(params, dict):  # a cancelled request is not answered
+                self._answered(cast("dict[str, object]", params).get("requestId"))
+
+    def written(self, message: JSONRPCMessage) -> None:
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            self._answered(message.id)
+
+    def _answered(self, rid: object) -> None:
+        if isinstance(rid, int | str) and rid in self._ids:  # a hostile requestId may be any JSON
+            self._ids.discard(rid)
+            if not self._ids:
+                self._none.set()
+
+    async def all_answered(self) -> None:
+        await self._none.wait()
+
+
 Wire = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
 
@@ -375,12 +434,16 @@ async def stdio_wire(lines: AsyncIterator[str], writer: StdoutWriter | BlockingW
     once. A line that is not a valid JSON-RPC message is logged and answered with an error carrying
     its id, when the id can be read, and is not passed on: mcp 2.3.0's reader turns it into an
     exception the dispatcher logs at DEBUG and drops, and the client never hears back. Blank lines
-    are skipped. On exit, what was sent is still written out (for up to ``DRAIN_SECONDS`` to a
-    host that stopped reading). Re-check on SDK upgrades.
+    are skipped. When the input ends, the server is told only once the requests read so far are
+    answered (for up to ``EOF_GRACE_SECONDS``): mcp 2.3.0 cancels every handler still running at
+    end of input, even one whose reply is being written, so ``printf '...' | key4u-mcp`` would
+    get no reply to its last requests. On exit, what was sent is still written out (for up to
+    ``DRAIN_SECONDS`` to a host that stopped reading). Re-check on SDK upgrades.
     """
     read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_send, write_receive = anyio.create_memory_object_stream[SessionMessage](0)
     reading, writing = anyio.CancelScope(), anyio.CancelScope()
+    unanswered = Unanswered()
 
     async def read() -> None:
         with reading:
@@ -390,12 +453,15 @@ async def stdio_wire(lines: AsyncIterator[str], writer: StdoutWriter | BlockingW
                         continue
                     message = parse_message(line)
                     if not isinstance(message, Rejection):
+                        unanswered.read(message)
                         await read_send.send(SessionMessage(message))
                         continue
                     logger.warning("rejected an invalid JSON-RPC message on stdin (%s)", message)
                     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                         for reply in message.replies():
                             await write_send.send(SessionMessage(reply))
+                with anyio.move_on_after(EOF_GRACE_SECONDS):  # the input has ended
+                    await unanswered.all_answered()
 
     async def write() -> None:
         with writing:
@@ -403,6 +469,7 @@ async def stdio_wire(lines: AsyncIterator[str], writer: StdoutWriter | BlockingW
                 async for session_message in write_receive:
                     line = session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
                     await writer.write(line + "\n")
+                    unanswered.written(session_message.message)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(read)
@@ -418,7 +485,17 @@ async def stdio_wire(lines: AsyncIterator[str], writer: StdoutWriter | BlockingW
 async def serve_stdio(server: MCPServer[Any]) -> None:
     """Serve ``server`` on this process's stdin/stdout until EOF or cancellation."""
     install_rejection_log(server)
-    async with stdio_wire(_claim_stdin(), _claim_stdout()) as (read_stream, write_stream):
+    lines, writer = _claim_stdin(), _claim_stdout()
+    try:
+        await _serve_on(server, lines, writer)
+    finally:
+        for end in (lines, writer):
+            if isinstance(end, StdinPipe | StdoutWriter):
+                end.release()
+
+
+async def _serve_on(server: MCPServer[Any], lines: AsyncIterator[str], writer: StdoutWriter | BlockingWriter) -> None:
+    async with stdio_wire(lines, writer) as (read_stream, write_stream):
         # The body of MCPServer.run_stdio_async(), which takes no streams. mcp 2.3.0
         # (importlib.metadata.version("mcp")) has no public hook to run an MCPServer on our own
         # streams: no stdin/stdout parameters on run_stdio_async() and no public accessor for the

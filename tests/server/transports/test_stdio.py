@@ -121,3 +121,50 @@ def test_a_broken_servers_file_stops_start_up_with_its_path(tmp_path: Path) -> N
     env = {**os.environ, "KEY4U_MCP_SERVERS": str(broken)}
     done = subprocess.run([script()], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and str(broken) in done.stderr and "either command" in done.stderr
+
+
+def _requests_then_eof(*extra: dict[str, Any]) -> bytes:
+    return raw_session(
+        INITIALIZE,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "math_calculator", "arguments": {}}},
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("last", ["tools/call", "ping", "unterminated"])
+def test_requests_written_just_before_the_input_ends_are_all_answered(last: str) -> None:
+    """A script that writes its requests and closes its end at once (``printf '...' | key4u-mcp``)."""
+    add = {"name": "math_calculator", "arguments": {"operation": "add", "a": 2, "b": 3}}
+    final = (
+        {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+        if last == "ping"
+        else {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": add}
+    )
+    session = raw_session(
+        INITIALIZE,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": [1]}},  # a hostile id
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": add},
+        final,
+    )
+    if last == "unterminated":
+        session = session.rstrip(b"\n")
+    for _ in range(3):  # the end of input races the replies: each run must win it
+        done = subprocess.run([script()], input=session, capture_output=True, timeout=60)
+        replies = [json.loads(line) for line in done.stdout.splitlines()]
+        assert done.returncode == 0 and [r.get("id") for r in replies] == [1, 2, 3], done.stderr[-2000:]
+        assert "error" not in replies[-1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+def test_the_pipes_are_left_blocking_for_whoever_shares_them(tmp_path: Path) -> None:
+    """A wrapper that runs more after the server, on the same stdin and stdout, finds them as it left them."""
+    probe = f'{sys.executable} -c "import os; print(os.get_blocking(0), os.get_blocking(1))"'
+    done = subprocess.run(
+        ["sh", "-c", f'"{script()}"; {probe}'], input=_requests_then_eof(), capture_output=True, timeout=60
+    )
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0 and lines[-1] == "True True", done.stdout[-2000:]
+    assert {json.loads(line)["id"] for line in lines[:-1]} == {1, 2, 3}
