@@ -36,6 +36,7 @@ class Settings(BaseModel):
     """Every setting of the server, validated and frozen: gateway, retries, tool loop, downstream servers,
     HTTP transport and store.
 
+    ``load_settings`` builds it from its sources; ``Settings(...)`` itself reads no variable.
     ``secrets()`` names the values that must never be printed or logged.
     """
 
@@ -325,7 +326,7 @@ def load_settings(env_file: Path | None = None, **overrides: object) -> Settings
     """
     dotenv = env_file if env_file is not None else Path(".env")
     environment = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(PREFIXES)}
-    sources = [environment, _dotenv_values(dotenv) if dotenv.is_file() else {}]
+    sources = [environment, _dotenv_values(dotenv)]
     values: dict[str, Any] = {}
     for field, info in Settings.model_fields.items():
         if overrides.get(field) is not None:
@@ -350,6 +351,8 @@ def _dotenv_values(path: Path) -> dict[str, str]:
     another program: bytes that are not UTF-8 are replaced, and a file that cannot be read is skipped
     with a warning, rather than stopping the server."""
     try:
+        if not path.is_file():
+            return {}
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         logger.warning("ignoring %s: %s", path, exc.strerror or exc)
