@@ -379,9 +379,12 @@ class PostgresStore:
                 f"AND (lease_until IS NULL OR lease_until < {_NOW})",
                 (time.time() - self.max_age,),
             )
+            # Past the newest ``max_conversations``, except one still running (its claim is live): its run
+            # would find its row gone, take that for another process's takeover, and stop.
             await conn.execute(
                 "DELETE FROM key4u_conversations WHERE id IN (SELECT id FROM key4u_conversations "
-                "ORDER BY updated_at DESC OFFSET %s)",
+                "ORDER BY updated_at DESC OFFSET %s) "
+                f"AND (lease_until IS NULL OR lease_until < {_NOW})",
                 (self.max_conversations,),
             )
             await conn.execute("DELETE FROM key4u_usage WHERE at < %s", (time.time() - USAGE_KEPT_DAYS * 86400,))

@@ -519,11 +519,13 @@ class SQLiteStore:
             (time.time() - self.max_age, time.time()),
         )
         # Older than the newest ``max_conversations``: found on the index alone (a NOT IN of the newest ids
-        # read every row, 1.5 ms at a thousand conversations, against 0.01).
+        # read every row, 1.5 ms at a thousand conversations, against 0.01). Except one still running (its
+        # claim is live): its run would find its row gone, take that for another process's takeover, and stop.
         db.execute(
             "DELETE FROM conversations WHERE updated_at < "
-            "(SELECT updated_at FROM conversations ORDER BY updated_at DESC LIMIT 1 OFFSET ?)",
-            (self.max_conversations - 1,),
+            "(SELECT updated_at FROM conversations ORDER BY updated_at DESC LIMIT 1 OFFSET ?) "
+            "AND (lease_until IS NULL OR lease_until < ?)",
+            (self.max_conversations - 1, time.time()),
         )
         db.execute("DELETE FROM usage_log WHERE at < ?", (time.time() - USAGE_KEPT_DAYS * 86400,))
 

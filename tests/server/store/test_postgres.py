@@ -235,6 +235,12 @@ async def test_the_usage_ledger_and_pruning(standin: StandIn, tmp_path: Path, pg
             await store.put(Conversation(options=Options(model="gpt-4.1"), text=str(n)))
         await store.prune()
         assert await store.count() == 2
+        running = Conversation(options=Options(model="gpt-4.1"), text="still running")
+        await store.create(running, "me", 30)  # claimed: a run holds it, and it is the oldest once more come
+        for n in range(2):
+            await store.put(Conversation(options=Options(model="gpt-4.1"), text=f"later {n}"))
+        await store.prune()
+        assert await store.count() == 3 and await store.renew(running.id, "me", 30)
         rows = await store.usage(0)
         assert sum(r.turns for r in rows) == 2  # the ledger outlives the pruned conversation
     finally:

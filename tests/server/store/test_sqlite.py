@@ -48,6 +48,23 @@ async def test_the_store_is_bounded_in_count_and_age(tmp_path: Path) -> None:
     await store.aclose()
 
 
+async def test_a_running_conversation_outlives_the_count_bound(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    running, other = SQLiteStore(path, max_conversations=2), SQLiteStore(path, max_conversations=2)
+    long_run = conv("still running")
+    await running.create(long_run, "me", 30)  # claimed: a run in this process holds it
+    for i in range(4):
+        await other.put(conv(str(i)))  # newer ones, from another process
+    await other.prune()
+    assert await other.count() == 3  # the newest two, and the one still running
+    assert await running.renew(long_run.id, "me", 30)
+    await running.release(long_run.id, "me")
+    await other.prune()  # no longer running: the bound applies to it
+    assert await other.get(long_run.id) is None and await other.count() == 2
+    await running.aclose()
+    await other.aclose()
+
+
 async def test_a_file_from_before_claims_is_upgraded_and_its_conversations_kept(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     saved = conv("from an older release")
