@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
+import pydantic_core
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import INTERNAL_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
@@ -39,6 +40,7 @@ from server.config import Settings
 from server.errors import ConfigError
 from server.surface.app import build_server
 from server.transports.stdio import install_rejection_log, rejection_of
+from server.upstream.jsonvalues import writable_escapes_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +300,8 @@ class InvalidMessageReplies:
                     request.append(chunk)
             return message
 
+        retry: list[bytes] = []  # the body made writable, to serve in place of a refused one
+
         async def send_or_rewrite(message: Message) -> None:
             nonlocal held, keep
             if message["type"] == "http.response.start":
@@ -311,11 +315,19 @@ class InvalidMessageReplies:
                 if message.get("more_body", False):
                     return
                 start, held = held, None
-                await self._answer(start, b"".join(response), b"".join(request), send)
+                body = b"".join(request)
+                if writable := _writable_body(body):
+                    retry.append(writable)
+                    return
+                await self._answer(start, b"".join(response), body, send)
                 return
             await send(message)
 
         await self.app(scope, receive_and_keep, send_or_rewrite)
+        if retry:
+            # Refused before anything ran (the SDK's parse of the body): served again, as the stdio
+            # transport serves the same line, with its lone surrogate escapes written as U+FFFD.
+            await self.app(scope, _replay(retry[0], receive), send)
 
     async def _answer(self, start: Message, body: bytes, request: bytes, send: Send) -> None:
         rewritten = _rewrite(body, request)
@@ -325,6 +337,38 @@ class InvalidMessageReplies:
             start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
         await send(start)
         await send({"type": "http.response.body", "body": body})
+
+
+def _writable_body(body: bytes) -> bytes | None:
+    """``body`` made writable, if pydantic refused it for lone surrogate escapes alone; else None."""
+    writable = writable_escapes_bytes(body)
+    if writable is body:
+        return None
+    try:
+        pydantic_core.from_json(body)
+    except ValueError:
+        pass
+    else:
+        return None  # it parses: refused for another reason
+    try:
+        pydantic_core.from_json(writable)
+    except ValueError:
+        return None
+    return writable
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` as an app sees it with ``body`` for the request's body (which was read already)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def _rewrite(response: bytes, request: bytes) -> bytes | None:

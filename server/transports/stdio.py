@@ -55,6 +55,8 @@ from mcp.types import (
 )
 from pydantic import ValidationError
 
+from server.upstream.jsonvalues import writable_escapes
+
 logger = logging.getLogger(__name__)
 
 #: Largest message accepted on stdin; a longer line is read past and dropped, never held in memory.
@@ -353,7 +355,15 @@ def parse_message(line: str) -> JSONRPCMessage | Rejection:
     try:
         value = pydantic_core.from_json(line, cache_strings=False)
     except ValueError:
-        return rejection_of(line)
+        # Valid JSON pydantic refuses: a lone surrogate escape, which a host cutting a string mid-emoji
+        # sends. Its text is made writable, as the bridge does with every string it is handed.
+        writable = writable_escapes(line)
+        try:
+            value = pydantic_core.from_json(writable, cache_strings=False) if writable is not line else None
+        except ValueError:
+            value = None
+        if value is None:
+            return rejection_of(line)
     try:
         return jsonrpc_message_adapter.validate_python(value, by_name=False)
     except ValidationError:

@@ -37,6 +37,35 @@ def depth_of(value: object, limit: int) -> int:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+#: In JSON text: an escaped backslash, a valid surrogate pair, or the escape of a lone surrogate. Matched
+#: from left to right, so a ``\\u`` that is an escaped backslash and a ``u`` is never taken for an escape.
+_ESCAPES = r"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+_TEXT_ESCAPES = re.compile(_ESCAPES)
+_BYTES_ESCAPES = re.compile(_ESCAPES.encode())
+
+
+def _escape_kept_or_replaced(match: re.Match[Any]) -> Any:
+    escape = match.group()
+    if len(escape) == 6:  # a lone surrogate: U+FFFD
+        return "\\ufffd" if isinstance(escape, str) else b"\\ufffd"
+    return escape
+
+
+def writable_escapes(text: str) -> str:
+    """JSON ``text`` with each lone surrogate escape (``\\ud800``: valid JSON, text no UTF-8 writer accepts,
+    which pydantic's parser refuses) written as U+FFFD, as ``scrub`` does to parsed strings."""
+    if "\\u" not in text:
+        return text
+    return _TEXT_ESCAPES.sub(_escape_kept_or_replaced, text)
+
+
+def writable_escapes_bytes(raw: bytes) -> bytes:
+    """``writable_escapes`` of JSON bytes."""
+    if b"\\u" not in raw:
+        return raw
+    return _BYTES_ESCAPES.sub(_escape_kept_or_replaced, raw)
+
+
 def scrub(text: str) -> str:
     """``text`` with lone surrogates (which no UTF-8 writer accepts) replaced by U+FFFD."""
     if text.isascii():

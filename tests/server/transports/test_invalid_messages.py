@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from server.standin import StandIn
 from tests.conftest import FAKE_KEY
 from tests.helpers import INITIALIZE, raw_session, settings_for, stdio_exchange
 from tests.server.transports.serving import served
@@ -94,3 +95,44 @@ def test_http_answers_invalid_requests_with_their_ids_and_keeps_serving(
 def event_data(sse: str) -> Any:
     """The JSON of the one ``data:`` line of an SSE reply."""
     return json.loads(next(line[5:] for line in sse.splitlines() if line.startswith("data:")))
+
+
+#: A prompt cut in the middle of an emoji, as a JavaScript host may send it: valid JSON, whose string no
+#: UTF-8 writer accepts (pydantic's parser refuses it).
+CUT = b'{"jsonrpc": "2.0", "id": 30, "method": "tools/call", "params": {"name": "key4u_respond", '
+CUT += b'"arguments": {"prompt": "caf\\u00e9 \\ud83d", "tools": []}}}'
+
+
+def sent_prompts(standin: StandIn) -> list[str]:
+    return [json.dumps(r["input"], ensure_ascii=False) for r in standin.requests]
+
+
+async def test_stdio_serves_a_call_with_a_lone_surrogate_escape(standin: StandIn, tmp_path: Path) -> None:
+    session = raw_session(INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    session += CUT + b"\n" + raw_session(CALL)
+    env = {**os.environ, "KEY4U_API_KEY": FAKE_KEY, "KEY4U_BASE_URL": standin.base_url}
+    env.update(KEY4U_DB_PATH=str(tmp_path / "db.sqlite3"), KEY4U_API_STYLE="responses")
+    messages = await stdio_exchange(session, env, tmp_path / "err.txt", until=lambda got: len(got) >= 3)
+    replies = {m.get("id"): m for m in messages}
+    assert replies[30]["result"]["structuredContent"]["status"] == "completed", replies[30]
+    assert replies[20]["result"]["isError"] is False
+    assert any("café \ufffd" in p for p in sent_prompts(standin))
+
+
+@pytest.mark.parametrize("stateless", [False, True], ids=["stateful", "stateless"])
+def test_http_serves_a_call_with_a_lone_surrogate_escape(standin: StandIn, tmp_path: Path, stateless: bool) -> None:
+    settings = settings_for(standin.base_url, tmp_path, api_style="responses")
+    with served(settings, stateless=stateless) as server:
+        url = f"{server.url}/mcp"
+        opened = httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS)
+        headers = {**MCP_HEADERS, "mcp-protocol-version": "2025-06-18"}
+        if not stateless:
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        reply = httpx.post(url, content=CUT, headers=headers, timeout=30)
+        assert reply.status_code == 200, reply.text
+        answer = event_data(reply.text)
+        assert answer["id"] == 30 and answer["result"]["structuredContent"]["status"] == "completed"
+        broken = httpx.post(url, content=CUT.replace(b"}}}", b"}}"), headers=headers)  # not JSON even then
+        assert broken.status_code == 400 and broken.json()["error"]["code"] == -32700
+    assert any("café \ufffd" in p for p in sent_prompts(standin))
