@@ -24,6 +24,7 @@ from pydantic_core import to_jsonable_python
 from server.bridge.conversation import Conversation
 from server.bridge.request import RespondRequest, RespondResult
 from server.config import Settings
+from server.errors import StoreError
 from server.surface.approval import HostApprover
 from server.surface.budget import Host, client_name, fit, fit_group
 from server.upstream.jsonvalues import is_writable
@@ -131,7 +132,10 @@ def register_respond(server: MCPServer[Any], settings: Settings) -> None:
     )
     async def conversation_transcript(conversation_id: str, ctx: Context[Any]) -> str:
         state: HasBridge = ctx.request_context.lifespan_context
-        stored = await state.store.get(conversation_id)
+        try:
+            stored = await state.store.get(conversation_id)
+        except StoreError as exc:  # a reason, not the SDK's bare "Error creating resource from template"
+            raise ResourceError(f"conversation {conversation_id} could not be read: {exc}") from exc
         if stored is None:
             raise ResourceError(f"unknown conversation {conversation_id}")
         return transcript(stored.conversation)

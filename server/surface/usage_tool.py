@@ -15,10 +15,12 @@ from typing import Annotated, Any, Protocol
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from server.config import Settings
+from server.errors import StoreError
 from server.store.base import ConversationStore, UsageRow
 from server.surface.budget import Host, client_name, lines_within
 
@@ -93,7 +95,10 @@ def register_usage(server: MCPServer[Any], settings: Settings) -> None:
         state: HasStore = ctx.request_context.lifespan_context
         now = time.time()
         since = (now // 86400 - (days - 1)) * 86400  # from the start of the first UTC day
-        rows = await state.store.usage(since)
+        try:
+            rows = await state.store.usage(since)
+        except StoreError as exc:  # a reason, not the SDK's bare "Error executing tool"
+            raise ToolError(f"the usage ledger could not be read: {exc}") from exc
         needle = model.strip()[:200].lower() if model and model.strip() else None
         if needle:
             rows = [r for r in rows if needle in r.model.lower()]

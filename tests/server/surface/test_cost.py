@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 
 from server.bridge.conversation import Conversation, Options, TurnUsage
 from server.cli.demo import KEY4U_PROMPT
@@ -176,3 +176,17 @@ async def test_the_ledger_counts_each_turn_once_and_outlives_pruned_conversation
     assert row.cost_usd == pytest.approx(0.5) and row.unpriced_turns == 1
     assert await store.usage(now + 60) == []
     await store.aclose()
+
+
+async def test_an_unusable_database_gives_the_reason_to_usage_and_transcript_reads(tmp_path: Path) -> None:
+    db = tmp_path / "conversations.db"
+    db.mkdir()  # not a file SQLite can open
+    async with bridge_client(settings_for("http://127.0.0.1:9/v1", tmp_path, db_path=db)) as client:
+        usage = await client.call_tool("key4u_usage", {})
+        assert usage.is_error and "the usage ledger could not be read" in text_of(usage)
+        assert str(db) in text_of(usage) and "KEY4U_DB_PATH" in text_of(usage)
+        with pytest.raises(MCPError, match="could not be read") as raised:
+            await client.read_resource("key4u://conversations/conv_x")
+        assert str(db) in str(raised.value)
+        local = await client.call_tool("math_calculator", {"operation": "add", "a": 2, "b": 3})
+        assert not local.is_error  # and the server serves on
