@@ -176,6 +176,8 @@ class StoreError(BridgeError):
 
     hint = "check that the directory is writable and has free space, or set KEY4U_DB_PATH to another file"
 
-    def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, path: str, hint: str | None = None, busy: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.path = path
+        #: Another process holds a lock the work needs: the same work may go through later.
+        self.busy = busy

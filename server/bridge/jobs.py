@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[str], Awaitable[None]]
 #: How long the final save and release may take when the server is stopping.
 _SAVE_BOUND = 10.0
+#: How long a final save that met another process's lock is tried again, in the background.
+SAVE_RETRY_SECONDS = 600.0
+#: The longest pause between those tries.
+_SAVE_RETRY_PAUSE = 30.0
+_BUSY_NOTE = (
+    "the conversation database is busy (another process holds it): this conversation is saved as soon as it is "
+    "free; until then it can be waited on in this server process only"
+)
 
 
 @dataclass
@@ -127,19 +135,58 @@ class Jobs:
             conv.status, conv.error = "failed", f"internal error: {type(exc).__name__}"
         finally:
             conv.run_seconds = round(time.perf_counter() - started, 3)
+            later = False  # saved in the background, once the lock that held it up is gone
             with anyio.move_on_after(_SAVE_BOUND, shield=True) as bounded:
                 try:
                     async with job.writing:
                         await self._save_and_release(conv)
                         job.stored = self.store_ok = True
-                except Exception as exc:  # the caller still gets the result, told it was not kept
+                except StoreError as exc:
+                    self.store_ok = False
+                    later = exc.busy
+                    if not later:  # the caller still gets the result, told it was not kept
+                        logger.error("conversation %s: the final save failed: %s", conv.id, exc)
+                        conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
+                except Exception as exc:
                     self.store_ok = False
                     logger.exception("conversation %s: the final save failed", conv.id)
                     conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
             if bounded.cancelled_caught:
-                conv.notes.append(f"saving this conversation took over {_SAVE_BOUND:g} s; it may not be kept")
-            self.running.pop(conv.id, None)
+                self.store_ok = False
+                later = True
+            if later:
+                # Kept in ``running`` meanwhile: this process answers for it until the store has it.
+                logger.warning("conversation %s: the database is busy; saving it in the background", conv.id)
+                conv.notes.append(_BUSY_NOTE)
+                self.task_group.start_soon(self._save_later, job, name=f"save:{conv.id}")
+            else:
+                self.running.pop(conv.id, None)
             job.done.set()
+
+    async def _save_later(self, job: Job) -> None:
+        """Try the final save again, with pauses that double, until the store takes it or
+        ``SAVE_RETRY_SECONDS`` have passed."""
+        conv = job.conversation
+        pause, deadline = 1.0, time.monotonic() + SAVE_RETRY_SECONDS
+        try:
+            while True:
+                await anyio.sleep(pause)  # the caller has had the result, note and all, by now
+                # Stored without the note the caller was given: once saved, it is no longer true.
+                conv.notes = [n for n in conv.notes if n != _BUSY_NOTE]
+                try:
+                    async with job.writing:
+                        await self._save_and_release(conv)
+                except StoreError as exc:
+                    if time.monotonic() + pause > deadline:
+                        logger.error("conversation %s could not be saved, and is lost: %s", conv.id, exc)
+                        return
+                    pause = min(pause * 2, _SAVE_RETRY_PAUSE)
+                    continue
+                job.stored = self.store_ok = True
+                logger.info("conversation %s: saved, once the database was free", conv.id)
+                return
+        finally:
+            self.running.pop(conv.id, None)
 
     async def _save_and_release(self, conv: Conversation) -> None:
         """The run's last save and the release of its claim, in one write; nothing when another process

@@ -140,6 +140,7 @@ class SQLiteStore:
         self._saves = 0
         self._conn: sqlite3.Connection | None = None
         self._waits = True  # whether the connection's busy handler waits (``timeout``) or fails at once
+        self._file: tuple[int, int] | None = None  # the file the connection opened (``_identity``)
         self._limiter = anyio.CapacityLimiter(1)
         self._unreadable = Unreadable(str(path))
         self._cache = PartsCache()
@@ -186,6 +187,8 @@ class SQLiteStore:
         A failed open leaves no connection behind, so the next call tries again. Its busy handler
         waits up to ``timeout`` for a lock if ``wait``, else gives up at once.
         """
+        if self._conn is not None and self._replaced():
+            self._drop()
         if self._conn is None:
             if str(self.path) != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -206,11 +209,31 @@ class SQLiteStore:
             except BaseException:
                 conn.close()
                 raise
-            self._conn, self._waits = conn, True
+            self._conn, self._waits, self._file = conn, True, _identity(self.path)
         if wait != self._waits:
             self._conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000) if wait else 0}")
             self._waits = wait
         return self._conn
+
+    def _replaced(self) -> bool:
+        """Whether the file at ``path`` is no longer the one the connection has open: another process
+        moved a corrupt file aside and started a new one. Then this process moves on to the new file too,
+        rather than keep writing into the one set aside, where nobody else would find its conversations.
+        One ``stat`` per query."""
+        if self._file is None or self._file == _identity(self.path):
+            return False
+        logger.warning(
+            "the conversation database %s was replaced while this server had it open (another server process "
+            "found it corrupt and moved it aside): using the new file",
+            self.path,
+        )
+        self.notice = (
+            f"the conversation database {self.path} was found corrupt by another server process and replaced "
+            "by a new one: conversations from before are in the file it was moved to"
+        )
+        self._unreadable.clear()
+        self._cache.clear()
+        return True
 
     def _drop(self) -> None:
         """Close the connection, if any; the next call opens the file again."""
@@ -231,6 +254,7 @@ class SQLiteStore:
                 f"{self.timeout:g} s ({exc})",
                 path=path,
                 hint=_LOCKED_HINT,
+                busy=True,
             )
         self._drop()
         return StoreError(f"the conversation database {path} could not be read or written: {exc}", path=path)
@@ -553,6 +577,17 @@ class SQLiteStore:
 
 
 _HeadRow = tuple[str, str | None, float | None, int | None, int | None, int | None]
+
+
+def _identity(path: Path | str) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device and inode), or None for ``:memory:`` or a path with no file."""
+    if str(path) == ":memory:":
+        return None
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _code(exc: sqlite3.Error | OSError) -> int | None:

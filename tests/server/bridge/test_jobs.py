@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from functools import partialmethod
+from pathlib import Path
+
 import anyio
+import anyio.to_thread
 import pytest
 
 from server.bridge.conversation import Conversation, Options
 from server.bridge.jobs import Jobs
 from server.bridge.loop import Loop, Offer
 from server.errors import StoreError
+from server.standin import Faults, StandIn
 from server.store.memory import MemoryStore
+from server.store.sqlite import SQLiteStore
 from server.upstream.model import Message, ModelRequest, ModelResponse, OnEvent
-from tests.helpers import ScriptedModel
+from tests.helpers import ScriptedModel, bridge_client, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -52,3 +60,46 @@ async def test_a_failing_final_save_is_told_and_a_failing_renewal_does_not_stop_
         assert conv.id not in jobs.running
     assert conv.status == "completed" and conv.text == "the answer"
     assert any("could not be saved, so it cannot be continued" in n and "disk full" in n for n in conv.notes)
+
+
+async def test_a_final_save_another_process_locks_out_is_made_once_the_lock_is_gone(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the database longer than a save waits: the caller gets the answer at once, and the
+    conversation is saved in the background as soon as the lock is gone (not silently lost)."""
+    monkeypatch.setattr(SQLiteStore, "__init__", partialmethod(SQLiteStore.__init__, timeout=0.3))
+    db = tmp_path / "shared.sqlite3"
+    standin.faults = Faults(latency=1.0)
+    released = anyio.Event()
+
+    def hold_the_lock() -> None:
+        time.sleep(0.4)  # after the run's first write, before its last
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        time.sleep(2.0)
+        other.execute("COMMIT")
+        other.close()
+
+    async with bridge_client(settings_for(standin.base_url, tmp_path, db_path=db, api_style="responses")) as client:
+        result = None
+        async with anyio.create_task_group() as tg:
+
+            async def locker() -> None:
+                await anyio.to_thread.run_sync(hold_the_lock)
+                released.set()
+
+            tg.start_soon(locker)
+            result = await client.call_tool("key4u_respond", {"prompt": "hello", "tools": []})
+        assert result is not None
+        answer = result.structured_content or {}
+        assert answer["status"] == "completed" and any("database is busy" in n for n in answer["notes"]), answer
+        assert released.is_set()
+        reader = SQLiteStore(db)
+        with anyio.fail_after(15):  # written first as running (claimed), then, once the lock is gone, finished
+            while (stored := await reader.get(answer["conversation_id"])) is None or stored.owner is not None:
+                await anyio.sleep(0.2)
+        assert stored.conversation.status == "completed" and stored.conversation.text == answer["text"]
+        assert not any("busy" in n for n in stored.conversation.notes)
+        await reader.aclose()
+        more = await client.call_tool("key4u_respond", {"conversation_id": answer["conversation_id"], "prompt": "more"})
+        assert (more.structured_content or {})["status"] == "completed", text_of(more)

@@ -8,7 +8,9 @@ from SQLite's own limits on the open connection (``query_only``, ``max_page_coun
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import stat
 import time
@@ -182,6 +184,33 @@ async def test_a_file_with_malformed_pages_is_moved_aside(tmp_path: Path) -> Non
     await again.put(saved[1])
     assert await again.count() == 1
     await again.aclose()
+
+
+async def test_a_file_another_process_moved_aside_is_left_for_the_new_one(tmp_path: Path) -> None:
+    """Two processes share the file; one finds it corrupt and moves it aside (as ``_move_aside`` does: the
+    file and its side files renamed). The other, whose next writes touch no damaged page, writes on into the
+    new file too, where the first finds its conversations, not into the one set aside."""
+    path = tmp_path / "c.sqlite3"
+    other = SQLiteStore(path)
+    saved = conv("from before")
+    await other.put(saved)
+    assert await other.get(saved.id) is not None  # its connection is open on the file, its parts cached
+    aside = tmp_path / "c.sqlite3.corrupt-1"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    finder = SQLiteStore(path)
+    await finder.put(conv("in the new file"))
+    later = conv("written after the move")
+    await other.put(later)  # the other process, on its old connection
+    stored = await finder.get(later.id)
+    assert stored is not None and stored.conversation.text == "written after the move"
+    assert await other.get(saved.id) is None  # nothing of the old file, cached or not
+    assert other.notice is not None and "replaced" in other.notice
+    await other.aclose()
+    await finder.aclose()
+    with sqlite3.connect(aside) as set_aside:  # the file set aside got nothing new
+        assert set_aside.execute("SELECT id FROM conversations").fetchall() == [(saved.id,)]
 
 
 async def test_a_row_that_no_longer_reads_as_a_conversation_hides_only_itself(
