@@ -34,7 +34,7 @@ from server.bridge.plan import Planner
 from server.bridge.request import ModelAnswer, RespondRequest, RespondResult
 from server.config import Settings
 from server.errors import StoreError
-from server.store.base import ConversationStore
+from server.store.base import ConversationStore, Stored
 from server.telemetry import OFF, Telemetry
 from server.toolsets.base import CombinedToolset
 from server.toolsets.hub import Hub, ResourceReadError
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from server.upstream.pricing import Prices
 
 Progress = Callable[[str], Awaitable[None]]
+#: Seconds between reads of a conversation another process runs, while a call waits for it.
+ELSEWHERE_POLL = 0.5
 
 
 def process_owner_id() -> str:
@@ -108,7 +110,8 @@ class Bridge:
         try:
             attached = await self._attachments(request)
             if request.conversation_id:
-                job = await self._continue(request.conversation_id, request, attached)
+                wait = deadline or self.settings.deadline
+                job = await self._continue(request.conversation_id, request, attached, wait=wait)
             else:
                 job = await self._start_new(request, attached, stored=not self.jobs.store_ok)
         except StoreError as exc:  # the database is unusable: say which file and what to do
@@ -172,7 +175,12 @@ class Bridge:
         return self.jobs.start(conv, lambda job: self._loop(offer, job), stored=stored)
 
     async def _continue(
-        self, conversation_id: str, request: RespondRequest, attached: list[Attachment] | None = None
+        self,
+        conversation_id: str,
+        request: RespondRequest,
+        attached: list[Attachment] | None = None,
+        *,
+        wait: float = 0.0,
     ) -> Job:
         running = self.jobs.running.get(conversation_id)
         if running is not None:
@@ -189,6 +197,8 @@ class Bridge:
             stored = await self.store.get(conversation_id)
             if stored is None:
                 raise ToolError(f"unknown conversation_id {conversation_id!r}; it may have expired: start a new one")
+            if wait and not request.wants_more and stored.held_by_other(self.jobs.owner, time.time()):
+                stored = await self._until_released(stored, wait)
             if stored.held_by_other(self.jobs.owner, time.time()) or request.wants_more:
                 return self.jobs.finished(running_elsewhere(stored.conversation, request))
             if not settled(stored.conversation).interrupted:
@@ -408,6 +418,20 @@ class Bridge:
             telemetry=self.telemetry,
             approve=job.approve,
         )
+
+    async def _until_released(self, stored: Stored, wait: float) -> Stored:
+        """A conversation another process runs, read again every ``ELSEWHERE_POLL`` seconds until that
+        process lets it go (its run saved, or its claim lapsed) or ``wait`` seconds pass: a caller who
+        waits is answered when the work is done, as for a run in this process, not sent back to poll."""
+        conversation_id = stored.conversation.id
+        with anyio.move_on_after(wait):
+            while stored.held_by_other(self.jobs.owner, time.time()):
+                await anyio.sleep(min(ELSEWHERE_POLL, max(0.0, (stored.lease_until or 0.0) - time.time()) + 0.05))
+                fresh = await self.store.get(conversation_id)
+                if fresh is None:  # pruned meanwhile: report what was last seen
+                    break
+                stored = fresh
+        return stored
 
     async def _wait_for(self, conversation_id: str, waiter: Waiter, deadline: float) -> RespondResult:
         """Where a conversation stands, waiting up to ``deadline`` if it runs (here, or resumed if interrupted)."""

@@ -108,3 +108,20 @@ async def test_a_conversation_of_a_killed_server_is_continued_once_its_lease_exp
         is_error, continued, _ = await respond(restarted, conversation_id=conversation_id, prompt="go on")
         assert not is_error and continued["status"] == "completed", continued
     await store.aclose()
+
+
+async def test_waiting_for_a_conversation_another_server_runs_answers_when_it_is_done(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.sqlite3"
+    standin.faults = Faults(latency=3.0)
+    quick = server_env(standin, db, KEY4U_DEADLINE="1")
+    async with server(quick, tmp_path / "a.txt") as a, server(server_env(standin, db), tmp_path / "b.txt") as b:
+        is_error, started, _ = await respond(a, prompt="hello", tools=[])
+        assert not is_error and started["status"] == "in_progress"
+        began = time.monotonic()
+        is_error, waited, _ = await respond(b, conversation_id=started["conversation_id"])
+        took = time.monotonic() - began
+    assert not is_error and waited["status"] == "completed", waited  # not sent back to poll at once
+    assert "You asked: hello" in waited["text"] and 1.0 < took < 10
+    assert len(standin.requests) == 1  # run once, by the server that started it
