@@ -51,12 +51,12 @@ async def test_a_conversation_started_on_one_replica_is_polled_and_continued_on_
 ) -> None:
     standin.faults = Faults(latency=0.6)
     a_settings = replica(standin, tmp_path, pg_url, deadline=0.2)
-    b_settings = replica(standin, tmp_path, pg_url)
+    b_settings = replica(standin, tmp_path, pg_url, deadline=0.2)
     async with bridge_client(a_settings) as a, bridge_client(b_settings) as b:
         started = await respond(a, prompt=KEY4U_PROMPT)
         conversation = started["conversation_id"]
         assert started["status"] == "in_progress"
-        polled = await respond(b, conversation_id=conversation)  # A runs it: B reports, does not take it
+        polled = await respond(b, conversation_id=conversation)  # A runs it: B waits its deadline, does not take it
         assert polled["status"] == "in_progress" and any("another server process" in n for n in polled["notes"])
         with anyio.fail_after(30):
             while (done := await respond(b, conversation_id=conversation))["status"] == "in_progress":
@@ -101,10 +101,11 @@ async def test_a_replica_killed_mid_turn_gives_its_conversation_up_by_lease_expi
     started = started["result"]["structuredContent"]
     assert started["status"] == "in_progress"
     standin.faults = Faults()
-    async with bridge_client(replica(standin, tmp_path, pg_url)) as b:
+    async with bridge_client(replica(standin, tmp_path, pg_url, deadline=0.5)) as b:
         held = await respond(b, conversation_id=started["conversation_id"])
-        assert held["status"] == "in_progress"  # A's lease still runs
-        await anyio.sleep(3.2)
+        assert held["status"] == "in_progress"  # A's lease still runs past B's deadline
+    async with bridge_client(replica(standin, tmp_path, pg_url)) as b:
+        # Waited for until A's lease lapses, then taken over and resumed, in the one call.
         resumed = await respond(b, conversation_id=started["conversation_id"])
     assert resumed["status"] == "completed", resumed
     assert resumed["text"].startswith("[offline stand-in, not a model]")
