@@ -35,6 +35,16 @@ INVALID: list[tuple[dict[str, Any] | list[Any], int]] = [
 CALL = {"jsonrpc": "2.0", "id": 20, "method": "tools/call", "params": {"name": "system_info", "arguments": {}}}
 
 
+def handshake(url: str, stateless: bool) -> dict[str, str]:
+    """Initialize an MCP session over HTTP; the headers its next requests carry."""
+    opened = httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS)
+    headers = {**MCP_HEADERS, "mcp-protocol-version": "2025-06-18"}
+    if not stateless:
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+    return headers
+
+
 def ids_of(message: dict[str, Any] | list[Any]) -> list[Any]:
     return [m["id"] for m in message] if isinstance(message, list) else [message["id"]]
 
@@ -70,11 +80,7 @@ def test_http_answers_invalid_requests_with_their_ids_and_keeps_serving(
     caplog.set_level(logging.WARNING)
     with served(settings_for("http://127.0.0.1:9/v1", tmp_path), stateless=stateless) as server:
         url = f"{server.url}/mcp"
-        opened = httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS)
-        headers = {**MCP_HEADERS, "mcp-protocol-version": "2025-06-18"}
-        if not stateless:
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        headers = handshake(url, stateless)
         for message, code in INVALID:
             reply = httpx.post(url, json=message, headers=headers)
             assert reply.status_code in (200, 400), reply.text
@@ -124,11 +130,7 @@ def test_http_serves_a_call_with_a_lone_surrogate_escape(standin: StandIn, tmp_p
     settings = settings_for(standin.base_url, tmp_path, api_style="responses")
     with served(settings, stateless=stateless) as server:
         url = f"{server.url}/mcp"
-        opened = httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS)
-        headers = {**MCP_HEADERS, "mcp-protocol-version": "2025-06-18"}
-        if not stateless:
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        headers = handshake(url, stateless)
         reply = httpx.post(url, content=CUT, headers=headers, timeout=30)
         assert reply.status_code == 200, reply.text
         answer = event_data(reply.text)
