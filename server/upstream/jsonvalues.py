@@ -53,17 +53,20 @@ def _escape_kept_or_replaced(match: re.Match[Any]) -> Any:
 
 def writable_escapes(text: str) -> str:
     """JSON ``text`` with each lone surrogate escape (``\\ud800``: valid JSON, text no UTF-8 writer accepts,
-    which pydantic's parser refuses) written as U+FFFD, as ``scrub`` does to parsed strings."""
+    which pydantic's parser refuses) written as U+FFFD, as ``scrub`` does to parsed strings. ``text`` itself
+    when it has none: then pydantic's refusal was for something else."""
     if "\\u" not in text:
         return text
-    return _TEXT_ESCAPES.sub(_escape_kept_or_replaced, text)
+    written = _TEXT_ESCAPES.sub(_escape_kept_or_replaced, text)
+    return text if written == text else written
 
 
 def writable_escapes_bytes(raw: bytes) -> bytes:
     """``writable_escapes`` of JSON bytes."""
     if b"\\u" not in raw:
         return raw
-    return _BYTES_ESCAPES.sub(_escape_kept_or_replaced, raw)
+    written = _BYTES_ESCAPES.sub(_escape_kept_or_replaced, raw)
+    return raw if written == raw else written
 
 
 def scrub(text: str) -> str:

@@ -30,3 +30,6 @@ def test_lone_surrogate_escapes_become_replacement_characters(sent: str, parsed:
 def test_text_without_escapes_is_returned_as_it_is() -> None:
     text = '{"prompt": "hello"}'
     assert writable_escapes(text) is text and writable_escapes_bytes(text.encode()) == text.encode()
+    escaped = r'{"prompt": "caf\u00e9 \ud83d\ude00 \\ud800"}'  # escapes, none of a lone surrogate
+    raw = escaped.encode()
+    assert writable_escapes(escaped) is escaped and writable_escapes_bytes(raw) is raw
