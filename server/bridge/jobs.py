@@ -141,16 +141,14 @@ class Jobs:
                     async with job.writing:
                         await self._save_and_release(conv)
                         job.stored = self.store_ok = True
-                except StoreError as exc:
-                    self.store_ok = False
-                    later = exc.busy
-                    if not later:  # the caller still gets the result, told it was not kept
-                        logger.error("conversation %s: the final save failed: %s", conv.id, exc)
-                        conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
                 except Exception as exc:
                     self.store_ok = False
-                    logger.exception("conversation %s: the final save failed", conv.id)
-                    conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
+                    later = isinstance(exc, StoreError) and exc.busy
+                    if not later:  # the caller still gets the result, told it was not kept
+                        # A StoreError says what went wrong; anything else is a bug: its traceback.
+                        unexpected = not isinstance(exc, StoreError)
+                        logger.error("conversation %s: the final save failed: %s", conv.id, exc, exc_info=unexpected)
+                        conv.notes.append(f"this conversation could not be saved, so it cannot be continued: {exc}")
             if bounded.cancelled_caught:
                 self.store_ok = False
                 later = True
@@ -176,9 +174,13 @@ class Jobs:
                 try:
                     async with job.writing:
                         await self._save_and_release(conv)
-                except StoreError as exc:
-                    if time.monotonic() + pause > deadline:
-                        logger.error("conversation %s could not be saved, and is lost: %s", conv.id, exc)
+                except Exception as exc:  # never into the task group: it would take the server down
+                    retry = isinstance(exc, StoreError) and time.monotonic() + pause <= deadline
+                    if not retry:
+                        unexpected = not isinstance(exc, StoreError)
+                        logger.error(
+                            "conversation %s could not be saved, and is lost: %s", conv.id, exc, exc_info=unexpected
+                        )
                         return
                     pause = min(pause * 2, _SAVE_RETRY_PAUSE)
                     continue

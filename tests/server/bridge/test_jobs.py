@@ -62,6 +62,37 @@ async def test_a_failing_final_save_is_told_and_a_failing_renewal_does_not_stop_
     assert any("could not be saved, so it cannot be continued" in n and "disk full" in n for n in conv.notes)
 
 
+class LockedThenBroken(MemoryStore):
+    """A store whose final save first meets a lock, then fails in a way no store error describes (a bug)."""
+
+    saves = 0
+
+    async def put(self, conversation: Conversation, *, owner: str | None = None, release: bool = False) -> bool:
+        self.saves += 1
+        if self.saves == 1:
+            raise StoreError("locked", path="/tmp/x", busy=True)
+        raise RuntimeError("a bug in the store")
+
+
+async def test_a_background_save_that_crashes_gives_the_conversation_up_and_not_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = LockedThenBroken()
+    conv = Conversation(options=Options(model="m"))
+    conv.items.append(Message(role="user", text="hi"))
+    async with anyio.create_task_group() as tg:  # the server's: it must not see the crash
+        jobs = Jobs(store, tg, "me", lease=30)
+        job = jobs.start(conv, lambda job: Loop(ScriptedModel("the answer"), Offer()))
+        with anyio.fail_after(10):
+            await job.done.wait()
+            assert conv.id in jobs.running and any("database is busy" in n for n in conv.notes)
+            while conv.id in jobs.running:  # tried again after a second, then given up
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert store.saves == 2 and conv.text == "the answer"
+    assert "could not be saved, and is lost: a bug in the store" in caplog.text
+
+
 async def test_a_final_save_another_process_locks_out_is_made_once_the_lock_is_gone(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
