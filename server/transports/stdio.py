@@ -114,20 +114,11 @@ class StdinLines:
             raise StopAsyncIteration from None
 
 
-class StdinPipe:
-    """Async iterator over the lines of a pipe or socket, read without blocking from the event loop.
-
-    No thread: a line that arrives is handed on in the same loop iteration. Reads up to 1 MiB at a
-    time; a line longer than ``MAX_MESSAGE_BYTES`` is read past and dropped, never held whole.
-    """
+class NonBlockingEnd:
+    """A pipe or socket end in non-blocking mode, for the event loop to wait on, until ``release``."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._buffer = bytearray()
-        self._start = 0  # where the part of the buffer not yet handed on begins
-        self._scanned = 0  # the buffer holds no newline from ``_start`` up to here
-        self._dropping = 0  # bytes of an oversized line dropped so far (0: not dropping)
-        self._eof = False
         self._was_blocking = os.get_blocking(fd)
         os.set_blocking(fd, False)
 
@@ -135,6 +126,22 @@ class StdinPipe:
         """Give the pipe back as it came: its mode is shared with every process holding the same end."""
         with contextlib.suppress(OSError):
             os.set_blocking(self._fd, self._was_blocking)
+
+
+class StdinPipe(NonBlockingEnd):
+    """Async iterator over the lines of a pipe or socket, read without blocking from the event loop.
+
+    No thread: a line that arrives is handed on in the same loop iteration. Reads up to 1 MiB at a
+    time; a line longer than ``MAX_MESSAGE_BYTES`` is read past and dropped, never held whole.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self._buffer = bytearray()
+        self._start = 0  # where the part of the buffer not yet handed on begins
+        self._scanned = 0  # the buffer holds no newline from ``_start`` up to here
+        self._dropping = 0  # bytes of an oversized line dropped so far (0: not dropping)
+        self._eof = False
 
     def __aiter__(self) -> StdinPipe:
         return self
@@ -214,22 +221,12 @@ def _claim_stdin() -> AsyncIterator[str]:
     return StdinLines(os.fdopen(private, "rb", closefd=False))
 
 
-class StdoutWriter:
+class StdoutWriter(NonBlockingEnd):
     """Writes protocol messages to a non-blocking pipe or socket from the event loop itself.
 
     A message to a pipe with room in it is written at once, and a full pipe is waited on without
     blocking.
     """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._was_blocking = os.get_blocking(fd)
-        os.set_blocking(fd, False)
-
-    def release(self) -> None:
-        """Give the pipe back as it came: its mode is shared with every process holding the same end."""
-        with contextlib.suppress(OSError):
-            os.set_blocking(self._fd, self._was_blocking)
 
     async def write(self, text: str) -> None:
         view = memoryview(text.encode("utf-8"))
@@ -502,7 +499,7 @@ async def serve_stdio(server: MCPServer[Any]) -> None:
         await _serve_on(server, lines, writer)
     finally:
         for end in (lines, writer):
-            if isinstance(end, StdinPipe | StdoutWriter):
+            if isinstance(end, NonBlockingEnd):
                 end.release()
 
 
