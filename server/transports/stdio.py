@@ -355,11 +355,11 @@ def parse_message(line: str) -> JSONRPCMessage | Rejection:
         # Valid JSON pydantic refuses: a lone surrogate escape, which a host cutting a string mid-emoji
         # sends. Its text is made writable, as the bridge does with every string it is handed.
         writable = writable_escapes(line)
+        if writable is line:  # none: refused for another reason
+            return rejection_of(line)
         try:
-            value = pydantic_core.from_json(writable, cache_strings=False) if writable is not line else None
+            value = pydantic_core.from_json(writable, cache_strings=False)
         except ValueError:
-            value = None
-        if value is None:
             return rejection_of(line)
     try:
         return jsonrpc_message_adapter.validate_python(value, by_name=False)
